@@ -1,0 +1,153 @@
+"""Answers compatibility questions from data/compat.yaml; never hard-codes a version table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+
+class Incompatible(ValueError):
+    """A combination that cannot work; the message says why and names valid neighbours."""
+
+
+@dataclass(frozen=True)
+class CudaBase:
+    cuda: str
+    patch: str | None
+    ubuntu: str | None
+    cudnn: str | None
+    driver_floor: str | None
+    devel: str
+    runtime: str
+
+
+def _v(text: str) -> Version:
+    return Version(text)
+
+
+@cache
+def facts() -> dict:
+    text = resources.files("gpumatrix").joinpath("data/compat.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def torch_releases() -> list[str]:
+    return sorted(facts()["torch"], key=_v)
+
+
+def known_cudas() -> list[str]:
+    return list(facts()["cuda"])
+
+
+def _torch_row(torch: str) -> dict:
+    row = facts()["torch"].get(torch)
+    if row is None:
+        raise Incompatible(f"torch {torch} is not in the compatibility data; known: {', '.join(torch_releases())}")
+    return row
+
+
+def cuda_base(cuda: str) -> CudaBase:
+    row = facts()["cuda"].get(cuda)
+    if row is None:
+        raise Incompatible(f"CUDA {cuda} is not in the compatibility data; known: {', '.join(known_cudas())}")
+    return CudaBase(cuda, row["patch"], row["ubuntu"], row["cudnn"], row["driver_floor"], row["devel"], row["runtime"])
+
+
+def variant_cuda(variant: str) -> str | None:
+    return facts()["variants"][variant]["cuda"]
+
+
+def _same_major(a: str, b: str) -> bool:
+    return _v(a).major == _v(b).major
+
+
+def _variant_fits(variant: str, cuda: str) -> bool:
+    vc = variant_cuda(variant)
+    return vc is not None and _same_major(vc, cuda) and _v(vc) <= _v(cuda)
+
+
+def variant_for(torch: str, cuda: str) -> str:
+    """The newest variant of `torch` whose CUDA is <= `cuda` within the same CUDA major; `cpu` for CPU cells."""
+    row = _torch_row(torch)
+    cuda_base(cuda)
+    if cuda == "cpu":
+        return "cpu"
+    fitting = [v for v in row["variants"] if _variant_fits(v, cuda)]
+    if not fitting:
+        raise Incompatible(_no_variant_message(torch, cuda))
+    return max(fitting, key=lambda v: _v(variant_cuda(v)))
+
+
+def _no_variant_message(torch: str, cuda: str) -> str:
+    builds = ", ".join(facts()["torch"][torch]["variants"])
+    usable = torches_for_cuda(cuda)
+    hint = f"for CUDA {cuda} use torch >= {usable[0]}" if usable else f"no known torch has a build for CUDA {cuda}"
+    runs_on = cudas_for_torch(torch)
+    where = f"torch {torch} runs on CUDA {', '.join(runs_on)}" if runs_on else f"torch {torch} builds: {builds}"
+    return f"torch {torch} has no CUDA {_v(cuda).major} build at or below {cuda} (builds: {builds}); {hint}; {where}"
+
+
+def torches_for_cuda(cuda: str) -> list[str]:
+    return [t for t in torch_releases() if any(_variant_fits(v, cuda) for v in facts()["torch"][t]["variants"])]
+
+
+def cudas_for_torch(torch: str) -> list[str]:
+    variants = facts()["torch"][torch]["variants"]
+    return [c for c in known_cudas() if c != "cpu" and any(_variant_fits(v, c) for v in variants)]
+
+
+def python_range(torch: str) -> tuple[str, str]:
+    low, high = _torch_row(torch)["python"]
+    return low, high
+
+
+def check_python(torch: str, python: str) -> None:
+    low, high = python_range(torch)
+    if not _v(low) <= _v(python) <= _v(high):
+        raise Incompatible(f"torch {torch} has wheels for Python {low} to {high}, not {python}")
+
+
+def companions(torch: str, variant: str, wanted: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(name, local version) of each wanted companion package that exists for this torch release."""
+    row = _torch_row(torch)
+    return tuple((name, f"{row[name]}+{variant}") for name in wanted if row.get(name))
+
+
+def wheel_archs(torch: str, variant: str) -> tuple[str, ...]:
+    for rule in facts()["archs"]:
+        if rule["variant"] == variant and _v(torch) in SpecifierSet(rule["torch"]):
+            return tuple(rule["archs"])
+    raise Incompatible(f"no arch data for torch {torch}+{variant}; add a row under `archs:` in compat.yaml")
+
+
+def check_archs(torch: str, variant: str, targets: tuple[str, ...]) -> None:
+    compiled = wheel_archs(torch, variant)
+    missing = [a for a in targets if a not in compiled]
+    if not missing:
+        return
+    fixes = _arch_alternatives(missing)
+    raise Incompatible(
+        f"torch {torch}+{variant} has no kernels for {', '.join(missing)} (it has {' '.join(compiled) or 'none'})"
+        + (f"; {fixes}" if fixes else "")
+    )
+
+
+def _arch_alternatives(missing: list[str]) -> str:
+    options = []
+    for rule in facts()["archs"]:
+        if all(a in rule["archs"] for a in missing):
+            options.append(f"torch {rule['torch']} on {rule['variant']}")
+    return f"wheels with {', '.join(missing)}: " + "; ".join(options) if options else ""
+
+
+def python_source(cuda: str, python: str) -> str:
+    """Where the cell's Python comes from: the base image, Ubuntu's archive, or the deadsnakes PPA."""
+    base = cuda_base(cuda)
+    if base.ubuntu is None:
+        return "base"
+    return "apt" if facts()["ubuntu_python"].get(base.ubuntu) == python else "deadsnakes"

@@ -1,0 +1,213 @@
+"""Load and validate matrix.yaml: strict YAML (no duplicate keys, safe tags only) and a strict schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from .errors import UsageError
+
+MAX_YAML_NODES = 20_000  # an alias bomb expands far past this; a real matrix stays far below it
+
+Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
+Cuda = Annotated[str, StringConstraints(pattern=r"^(\d+\.\d+|cpu)$")]
+Arch = Annotated[str, StringConstraints(pattern=r"^sm_\d{2,3}a?$")]
+Layer = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ImageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")]
+Registry = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")]
+Text = Annotated[str, StringConstraints(min_length=1)]
+Companion = Literal["torchvision", "torchaudio"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Settings(_Strict):
+    """What a cell gets beyond its versions; set for all cells under `settings`, per cell under `overrides`."""
+
+    base_image: Text | None = None
+    runtime_image: Text | None = None
+    index_url: Text | None = None
+    pre: bool | None = None
+    archs: list[Arch] | None = None
+    layers: list[Layer] | None = None
+    companions: list[Companion] | None = None
+    os_packages: list[Text] | None = None
+    pip: Version | None = None
+
+
+class Selector(_Strict):
+    """Matches cells; each key takes one value or a list, and an absent key matches everything."""
+
+    cuda: Cuda | list[Cuda] | None = None
+    python: Version | list[Version] | None = None
+    torch: Version | list[Version] | None = None
+
+    def matches(self, cuda: str, python: str, torch: str) -> bool:
+        return all(
+            want is None or got == want or (isinstance(want, list) and got in want)
+            for want, got in ((self.cuda, cuda), (self.python, python), (self.torch, torch))
+        )
+
+
+class Override(Settings):
+    match: Selector
+
+
+class Include(_Strict):
+    cuda: Cuda
+    python: Version
+    torch: Version
+
+
+class Axes(_Strict):
+    cuda: list[Cuda] = Field(min_length=1)
+    python: list[Version] = Field(min_length=1)
+    torch: list[Version] = Field(min_length=1)
+
+
+class Defaults(_Strict):
+    python: Version
+    torch: dict[Cuda, Version] = {}
+
+
+class Matrix(_Strict):
+    image: ImageName
+    registry: Registry
+    axes: Axes
+    defaults: Defaults
+    include: list[Include] = []
+    exclude: list[Selector] = []
+    settings: Settings = Settings()
+    overrides: list[Override] = []
+
+
+def load_matrix(path: Path) -> Matrix:
+    """Read and validate a matrix file; every problem becomes one line of a UsageError."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the matrix file: {exc.strerror or exc}") from None
+    data, lines = _parse_yaml(text, path)
+    try:
+        return Matrix.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError("\n".join(_describe(err, path, lines) for err in exc.errors())) from None
+
+
+def _describe(err: dict, path: Path, lines: dict[tuple, int]) -> str:
+    loc = tuple(err["loc"])
+    where = _line_for(loc, lines)
+    key = _dotted(loc) or "(top level)"
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    elif err["type"] == "string_pattern_mismatch":
+        message = f"{err['input']!r} is not valid here ({_pattern_hint(loc)})"
+    return f"{path}:{where}: {key}: {message}" if where else f"{path}: {key}: {message}"
+
+
+def _pattern_hint(loc: tuple) -> str:
+    names = [p for p in loc if isinstance(p, str)]
+    last = names[-1] if names else ""
+    hints = {
+        "archs": "an arch is sm_NN, e.g. sm_80",
+        "cuda": "a CUDA version such as 12.8, or cpu",
+        "image": "lower-case repository name",
+        "registry": "a registry host[:port][/namespace]",
+        "layers": "a layer is the name of a requirements/<name>.in file",
+    }
+    return hints.get(last, "a version such as 3.11 or 2.7.1")
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[constrained-str]", "constrained-str", "list[str]"):
+            continue  # union branch names that pydantic puts in the location
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    keys = tuple(p for p in loc if isinstance(p, int) or not p.startswith(("list[", "constrained")))
+    while keys:
+        if keys in lines:
+            return lines[keys]
+        keys = keys[:-1]
+    return None
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Compose the YAML to nodes and build Python values ourselves, to catch duplicates and keep line numbers."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}:{_mark_line(exc)}: malformed YAML: {_yaml_problem(exc)}") from None
+    if node is None:
+        raise UsageError(f"{path}: the matrix file is empty")
+    lines: dict[tuple, int] = {}
+    budget = [MAX_YAML_NODES]
+    return _value(node, (), lines, path, budget), lines
+
+
+def _mark_line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return str(mark.line + 1) if mark is not None else "?"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+
+
+_SAFE_SCALARS = {"str", "int", "float", "bool", "null"}
+
+
+def _value(node: yaml.Node, loc: tuple, lines: dict, path: Path, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UsageError(f"{path}: the document expands to more than {MAX_YAML_NODES} nodes (YAML alias bomb?)")
+    line = node.start_mark.line + 1
+    lines.setdefault(loc, line)
+    tag = node.tag.rsplit(":", 1)[-1]
+    if isinstance(node, yaml.MappingNode) and tag == "map":
+        return _mapping(node, loc, lines, path, budget)
+    if isinstance(node, yaml.SequenceNode) and tag == "seq":
+        return [_value(item, loc + (i,), lines, path, budget) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.ScalarNode) and tag in _SAFE_SCALARS:
+        return _scalar(node, tag)
+    raise UsageError(f"{path}:{line}: {_dotted(loc) or '(top level)'}: YAML tag {node.tag!r} is not allowed")
+
+
+def _scalar(node: yaml.ScalarNode, tag: str) -> Any:
+    # Numbers keep the text as written, so `python: 3.10` stays "3.10" instead of becoming 3.1.
+    if tag in ("int", "float"):
+        return node.value
+    if tag == "bool":
+        return node.value.lower() in ("true", "yes", "on")
+    return None if tag == "null" else node.value
+
+
+def _mapping(node: yaml.MappingNode, loc: tuple, lines: dict, path: Path, budget: list[int]) -> dict:
+    out: dict = {}
+    for key_node, value_node in node.value:
+        if key_node.tag.endswith(":merge"):
+            raise UsageError(f"{path}:{key_node.start_mark.line + 1}: {_dotted(loc)}: YAML merge keys are not allowed")
+        key = _value(key_node, loc, {}, path, budget)
+        if isinstance(key, (list, dict)):
+            raise UsageError(f"{path}:{key_node.start_mark.line + 1}: {_dotted(loc)}: a key must be a plain value")
+        if key in out:
+            where = _dotted(loc + (key,))
+            raise UsageError(f"{path}:{key_node.start_mark.line + 1}: {where}: duplicate key")
+        lines[loc + (key,)] = key_node.start_mark.line + 1
+        out[key] = _value(value_node, loc + (key,), lines, path, budget)
+    return out

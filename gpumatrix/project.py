@@ -1,0 +1,58 @@
+"""Where a project's files live: everything is relative to the directory that holds matrix.yaml."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Project:
+    matrix: Path
+
+    @property
+    def root(self) -> Path:
+        return self.matrix.resolve().parent
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def docker(self) -> Path:
+        return self.root / "docker"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def requirements(self) -> Path:
+        return self.root / "requirements"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def dockerfile(self, cell_name: str) -> Path:
+        return self.docker / cell_name / "Dockerfile"
+
+    def lock(self, cell_name: str) -> Path:
+        return self.locks / f"{cell_name}.txt"
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

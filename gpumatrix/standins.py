@@ -1,0 +1,365 @@
+"""Local stand-ins for Docker Hub's nvidia/cuda bases and the PyTorch wheel index.
+
+Neither Docker Hub nor download.pytorch.org can be reached here, so tests and
+``make demo`` build on a debootstrapped Debian image and install torch from a
+PEP 503 index served on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import html
+import http.server
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+from typing import Callable, Iterator
+
+import docker
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+RECIPE_VERSION = "1"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("python3.11", "python3-pip", "python3-venv", "ca-certificates")
+REPOSITORY = "gpumatrix-standin"
+KEY_LABEL = "io.gpumatrix.standin.key"
+CA_IN_IMAGE = "etc/ssl/certs/ca-certificates.crt"
+DEFAULT_HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+IMAGE_CHANGES = (
+    "ENV LANG=C.UTF-8",
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+)
+PIP_CONF = "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+WHEEL_PLATFORMS = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)),
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+)
+
+Log = Callable[[str], None]
+
+
+class StandinError(Exception):
+    """A stand-in could not be built or filled."""
+
+
+# --- stand-in base image ---------------------------------------------------
+
+
+def host_ca_bundle() -> pathlib.Path:
+    """The CA bundle this machine's TLS clients trust (PIP_CERT wins)."""
+    return pathlib.Path(os.environ.get("PIP_CERT") or DEFAULT_HOST_CA)
+
+
+def standin_key(ca_bytes: bytes) -> str:
+    """First 16 hex of a sha256 over everything that shapes the image."""
+    digest = hashlib.sha256()
+    for part in (SUITE, MIRROR, ",".join(PACKAGES), RECIPE_VERSION):
+        digest.update(part.encode() + b"\0")
+    digest.update(ca_bytes)
+    return digest.hexdigest()[:16]
+
+
+def ensure_standin_base(
+    client: docker.DockerClient, cache_dir: pathlib.Path, log: Log = print
+) -> str:
+    """Return the tag of the stand-in base image, building it on a cache miss."""
+    ca_bytes = host_ca_bundle().read_bytes()
+    key = standin_key(ca_bytes)
+    tag = f"{REPOSITORY}:{SUITE}-{key}"
+    if _image_exists(client, tag):
+        log(f"stand-in base {tag}: cache hit")
+        return tag
+    if shutil.which("debootstrap") is None:
+        raise StandinError("debootstrap not found: apt-get install debootstrap")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    rootfs = pathlib.Path(tempfile.mkdtemp(prefix="standin-rootfs-", dir=cache_dir))
+    try:
+        _debootstrap(rootfs, log)
+        _configure_rootfs(rootfs, ca_bytes)
+        _import_rootfs(client, rootfs, tag, key, log)
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    log(f"stand-in base {tag}: built")
+    return tag
+
+
+def _image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _debootstrap(rootfs: pathlib.Path, log: Log) -> None:
+    """Run debootstrap, logging the first line of each phase and keeping the tail."""
+    cmd = [
+        "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+        SUITE, str(rootfs), MIRROR,
+    ]
+    log(f"debootstrap {SUITE} into {rootfs} (about a minute)")
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    phases_seen: set[str] = set()
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            phase = line.split(" ", 2)[1] if line.startswith("I: ") else line
+            if phase not in phases_seen:
+                phases_seen.add(phase)
+                log(f"  {line}")
+    if proc.returncode != 0:
+        raise StandinError(
+            f"debootstrap failed (exit {proc.returncode}):\n" + "\n".join(tail)
+        )
+
+
+def _configure_rootfs(rootfs: pathlib.Path, ca_bytes: bytes) -> None:
+    """Trust the host's CAs, point pip at them and drop apt caches."""
+    ca_path = rootfs / CA_IN_IMAGE
+    ca_path.unlink(missing_ok=True)  # never write through a symlink onto the host
+    ca_path.write_bytes(ca_bytes)
+    (rootfs / "etc/pip.conf").write_text(PIP_CONF)
+    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin",
+                    "var/cache/apt/archives/*.deb"):
+        for path in rootfs.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+
+
+def _import_rootfs(
+    client: docker.DockerClient, rootfs: pathlib.Path, tag: str, key: str, log: Log
+) -> None:
+    """Stream a tar of the rootfs into the engine as a tagged image."""
+    log(f"importing {rootfs} as {tag}")
+    repository, image_tag = tag.split(":", 1)
+    changes = [*IMAGE_CHANGES, f"LABEL {KEY_LABEL}={key}"]
+    tar = subprocess.Popen(
+        ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", "-", "."],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        client.api.import_image_from_data(
+            _chunks(tar.stdout), repository=repository, tag=image_tag, changes=changes
+        )
+    except docker.errors.APIError as exc:
+        raise StandinError(f"docker import of {rootfs} failed: {exc}") from exc
+    finally:
+        tar.stdout.close()
+        stderr = tar.stderr.read().decode(errors="replace")
+        tar.wait()
+    if tar.returncode != 0:
+        client.images.remove(tag, force=True)
+        raise StandinError(f"tar of {rootfs} failed: {stderr}")
+
+
+def _chunks(stream, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        yield chunk
+
+
+# --- loopback wheel index --------------------------------------------------
+
+
+class LoopbackIndex:
+    """A PEP 503 simple index on 127.0.0.1, served from a directory of wheels."""
+
+    def __init__(self, root: pathlib.Path, port: int = 0):
+        self.root = pathlib.Path(root)
+        self.port = port
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def files_dir(self) -> pathlib.Path:
+        return self.root / "files"
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise StandinError("index not started")
+        return f"http://127.0.0.1:{self._server.server_address[1]}/simple"
+
+    def fill(self, requirements: list[str], python_version: str = "3.11",
+             log: Log = print) -> None:
+        """Download wheels (and dependencies) for a Linux x86_64 CPython with host pip."""
+        marker = self.root / f".filled-{self._fill_key(requirements, python_version)}"
+        if marker.exists():
+            log(f"index {self.root}: wheels for {' '.join(requirements)} already there")
+            return
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--dest", str(self.files_dir),
+            "--only-binary=:all:", "--python-version", python_version,
+            "--implementation", "cp",
+            *(f"--platform={platform}" for platform in WHEEL_PLATFORMS),
+            *requirements,
+        ]
+        log(f"index {self.root}: pip download {' '.join(requirements)}")
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+            raise StandinError(f"pip download failed:\n{tail}")
+        marker.touch()
+
+    @staticmethod
+    def _fill_key(requirements: list[str], python_version: str) -> str:
+        text = "\n".join([python_version, *sorted(requirements), *WHEEL_PLATFORMS])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def write_pages(self) -> None:
+        """(Re)write simple/index.html and one page per project from files/."""
+        projects: dict[str, list[pathlib.Path]] = collections.defaultdict(list)
+        for wheel in sorted(self.files_dir.glob("*.whl")):
+            name = parse_wheel_filename(wheel.name)[0]
+            projects[canonicalize_name(name)].append(wheel)
+        for name, wheels in projects.items():
+            links = [_anchor(f"../../files/{w.name}#sha256={_sha256(w)}", w.name)
+                     for w in wheels]
+            _write_atomic(self.root / "simple" / name / "index.html",
+                          _page(f"Links for {name}", links))
+        root_links = [_anchor(f"{name}/", name) for name in sorted(projects)]
+        _write_atomic(self.root / "simple" / "index.html",
+                      _page("Simple index", root_links))
+
+    def start(self) -> str:
+        """Write the pages, serve them in a daemon thread and return the URL."""
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.write_pages()
+        handler = _handler_for(self)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="loopback-index", daemon=True
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._server = self._thread = None
+
+    def record(self, path: str) -> None:
+        """Note one GET in self.requests and access.log."""
+        with self._lock:
+            self.requests.append(path)
+            with open(self.root / "access.log", "a") as log_file:
+                log_file.write(f"GET {path}\n")
+
+    def __enter__(self) -> "LoopbackIndex":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _handler_for(index: LoopbackIndex) -> type[http.server.SimpleHTTPRequestHandler]:
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(index.root), **kwargs)
+
+        def do_GET(self):
+            index.record(urllib.parse.unquote(self.path))
+            super().do_GET()
+
+        def list_directory(self, path):
+            self.send_error(404, "Not Found")
+
+        def log_message(self, format, *args):
+            pass
+
+    return Handler
+
+
+def _anchor(href: str, text: str) -> str:
+    return f'<a href="{html.escape(href)}">{html.escape(text)}</a><br>'
+
+
+def _page(title: str, links: list[str]) -> str:
+    body = "\n".join(links)
+    return (
+        "<!DOCTYPE html>\n<html><head>"
+        '<meta name="pypi:repository-version" content="1.0">'
+        f"<title>{html.escape(title)}</title></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in _chunks(file):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# --- CLI -------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpumatrix.standins")
+    commands = parser.add_subparsers(dest="command", required=True)
+    base = commands.add_parser("base", help="ensure the stand-in base image")
+    base.add_argument("--cache-dir", type=pathlib.Path, default=pathlib.Path(".cache"))
+    index = commands.add_parser("index", help="fill and serve a loopback wheel index")
+    index.add_argument("--root", type=pathlib.Path, required=True)
+    index.add_argument("--port", type=int, default=0)
+    index.add_argument("requirements", nargs="+", metavar="REQ")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "base":
+            print(ensure_standin_base(docker.from_env(), args.cache_dir))
+        else:
+            _serve_forever(args.root, args.port, args.requirements)
+    except StandinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_forever(root: pathlib.Path, port: int, requirements: list[str]) -> None:
+    index = LoopbackIndex(root, port)
+    index.fill(requirements)
+    with index:
+        print(f"serving {index.url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
