@@ -20,6 +20,7 @@ DEFAULT_SETTINGS = Settings(
     companions=["torchvision", "torchaudio"],
     os_packages=[],
     pip="25.3",
+    network="default",
 )
 
 
@@ -46,6 +47,7 @@ class Cell:
     layers: tuple[str, ...]
     os_packages: tuple[str, ...]
     pip: str
+    network: str
     python_source: str
     repository: str
     tags: tuple[str, ...] = field(default=())
@@ -172,6 +174,7 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         layers=tuple(s.layers),
         os_packages=tuple(s.os_packages),
         pip=s.pip,
+        network=s.network,
         python_source=compat.python_source(cuda, python),
         repository=repository,
         tags=(f"{repository}:{name}",),

@@ -13,7 +13,10 @@ from .errors import UsageError, WorkFailed
 from .matrix import load_matrix
 from .project import Project
 from .render import content_digest, content_tag, environment, render_all, render_cell
-from .select import Filters, select
+from .lock import lock_cells
+from .lockfile import check_all
+from .images import Overrides, prepare, run_builds, write_report
+from .select import Filters, choose_one, select
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +57,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--skipped", action="store_true", help="also show axis combinations skipped for lack of wheels")
     p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("build", help="build images: one cell (defaults fill the gaps), or every match with --all")
+    _add_filters(p)
+    p.add_argument("--all", action="store_true", help="build every cell that matches the filters")
+    p.add_argument("--force", action="store_true", help="rebuild even when the content tag is present")
+    p.add_argument("-j", "--jobs", type=_positive, default=1, help="cells built in parallel (default 1)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every build step's output")
+    _add_overrides(p)
+    p.add_argument("--report", type=Path, default=None, help="JSON build report (default out/build-report.json)")
+    p.set_defaults(run=cmd_build)
+
+    p = sub.add_parser("lock", help="pip-compile each cell's app layers inside its torch stage into locks/<cell>.txt")
+    _add_filters(p)
+    p.add_argument("--check", action="store_true", help="compile nothing; exit 1 and name each stale or missing lock")
+    p.add_argument("-j", "--jobs", type=_positive, default=2, help="cells locked in parallel (default 2)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the torch-stage build output")
+    _add_overrides(p)
+    p.set_defaults(run=cmd_lock)
     return top
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-image", help="devel base instead of nvidia/cuda (a mirror, or the test stand-in)")
+    p.add_argument("--runtime-image", help="slim runtime base instead of nvidia/cuda ...-base")
+    p.add_argument("--index-url", help="torch index instead of download.pytorch.org; {variant} is replaced")
+    p.add_argument("--network", help="network mode of the build containers, e.g. host to reach a loopback index")
 
 
 def load(matrix_path: Path) -> tuple[Project, Expansion]:
@@ -96,6 +130,58 @@ def cmd_list(args) -> int:
         report.print_json(records)
     else:
         report.cells_table(records, expansion.skipped, args.skipped)
+    return 0
+
+
+def cmd_build(args) -> int:
+    project, expansion = load(args.matrix)
+    filters = Filters(args.cuda, args.python, args.torch)
+    if args.all:
+        cells = select(expansion, filters)
+    else:
+        cell, why = choose_one(expansion, filters)
+        report.info(f"building {cell.name}: {why}")
+        cells = [cell]
+    overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+    requests = prepare(project, expansion.matrix.image, cells, overrides)
+    with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
+        outcomes = run_builds(requests, args.jobs, args.force, progress)
+    report_path = args.report or project.out / "build-report.json"
+    write_report(report_path, outcomes)
+    report.build_summary(outcomes)
+    report.info(f"build report: {report_path}")
+    for o in outcomes:
+        if o.status != "failed":
+            report.info(f"{o.cell}: {' '.join(o.tags)}")
+    failed = [o.cell for o in outcomes if o.status == "failed"]
+    if failed:
+        raise WorkFailed(f"{len(failed)} of {len(outcomes)} cells failed: {', '.join(failed)}")
+    return 0
+
+
+def cmd_lock(args) -> int:
+    project, expansion = load(args.matrix)
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    if args.check:
+        found = check_all(project, cells)
+        for line in found:
+            report.problem(line)
+        if found:
+            report.info("run `make lock` (python build.py lock) and commit locks/")
+            return 1
+        report.info(f"locks/ is up to date ({sum(1 for c in cells if c.layers)} locks)")
+        return 0
+    overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+    with report.BuildProgress([c.name for c in cells if c.layers], args.verbose) as progress:
+        results = lock_cells(project, expansion.matrix.image, cells, overrides, args.jobs, progress, report.info)
+    for r in results:
+        if r.error:
+            report.problem(f"{r.cell}: {r.error}")
+        else:
+            report.info(f"{r.cell}: wrote {r.path.relative_to(project.root)}")
+    failed = [r.cell for r in results if r.error]
+    if failed:
+        raise WorkFailed(f"{len(failed)} of {len(results)} locks failed: {', '.join(failed)}")
     return 0
 
 

@@ -38,6 +38,7 @@ class Settings(_Strict):
     companions: list[Companion] | None = None
     os_packages: list[Text] | None = None
     pip: Version | None = None
+    network: Text | None = None
 
 
 class Selector(_Strict):

@@ -121,5 +121,7 @@ def content_digest(dockerfile: str, lock: bytes | None, build_args: dict[str, st
     return h.hexdigest()
 
 
-def content_tag(cell: Cell, digest: str) -> str:
-    return f"{cell.repository}:{cell.name}-{digest[:12]}"
+def content_tag(cell: Cell, digest: str, stage: str | None = None) -> str:
+    """The immutable tag; a partial build (stage="torch") gets its own tag so it is never taken for the image."""
+    middle = f"-{stage}stage" if stage else ""
+    return f"{cell.repository}:{cell.name}{middle}-{digest[:12]}"

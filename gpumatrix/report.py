@@ -60,3 +60,68 @@ def problem(message: str) -> None:
 
 def info(message: str) -> None:
     err.print(message, markup=False)
+
+
+class BuildProgress:
+    """Live progress of the builds: cell, stage, step n/m, elapsed; step output only with --verbose."""
+
+    def __init__(self, names: list[str], verbose: bool):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.verbose = verbose
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[stage]:>8} step {task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self.tasks = {n: self.progress.add_task(n, total=None, stage="", start=False) for n in names}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, cell: str, step, line: str | None) -> None:
+        task = self.tasks[cell]
+        if step is None:
+            self.progress.update(task, stage="skipped", total=1, completed=1)
+            self.progress.console.print(f"{cell}: {line}", markup=False)
+            return
+        self.progress.start_task(task)
+        self.progress.update(task, stage=step.stage, total=step.total, completed=step.number)
+        if line is not None and self.verbose:
+            self.progress.console.print(f"{cell} | {line}", markup=False)
+
+
+def build_summary(outcomes) -> None:
+    for o in outcomes:
+        if o.error:
+            err.print(f"\n{o.cell} failed:\n{o.error}", markup=False)
+    table = Table(title="build summary", title_justify="left")
+    for column in ("cell", "status", "image id", "size", "duration", "cache"):
+        table.add_column(column, no_wrap=column == "cell")
+    for o in outcomes:
+        table.add_row(
+            o.cell,
+            o.status,
+            (o.image_id or "-").removeprefix("sha256:")[:12],
+            _size(o.size),
+            f"{o.duration:.1f}s",
+            f"{o.cache_hits}/{o.layer_steps} cached" if o.steps else "-",
+        )
+    err.print(table)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return "-"

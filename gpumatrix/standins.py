@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import hashlib
 import html
 import http.server
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "base":
-            print(ensure_standin_base(docker.from_env(), args.cache_dir))
+            to_stderr = functools.partial(print, file=sys.stderr)  # stdout: the tag only
+            print(ensure_standin_base(docker.from_env(), args.cache_dir, log=to_stderr))
         else:
             _serve_forever(args.root, args.port, args.requirements)
     except StandinError as exc:

@@ -1,0 +1,58 @@
+# The front door. `make image CUDA=12.8` builds one image; `make test` runs every test. See README.md.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MATRIX ?= matrix.yaml
+JOBS ?= 1
+
+FILTERS := $(if $(CUDA),--cuda $(CUDA)) $(if $(PYTHON),--python $(PYTHON)) $(if $(TORCH),--torch $(TORCH))
+OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE),--runtime-image $(RUNTIME_IMAGE)) \
+	$(if $(INDEX_URL),--index-url $(INDEX_URL)) $(if $(NETWORK),--network $(NETWORK))
+BUILD := $(BIN)/python build.py --matrix $(MATRIX)
+
+.PHONY: venv render check list image images lock lock-check test unit integration demo clean
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: requirements-tool.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-tool.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+render: venv
+	$(BUILD) render
+
+check: venv
+	$(BUILD) render --check
+
+list: venv
+	$(BUILD) list $(FILTERS)
+
+image: venv
+	$(BUILD) build $(FILTERS) $(OVERRIDES) $(if $(FORCE),--force)
+
+images: venv
+	$(BUILD) build --all -j $(JOBS) $(FILTERS) $(OVERRIDES) $(if $(FORCE),--force)
+
+lock: venv
+	$(BUILD) lock -j $(JOBS) $(FILTERS) $(OVERRIDES)
+
+lock-check: venv
+	$(BUILD) lock --check $(FILTERS)
+
+test: venv
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+integration: venv
+	$(BIN)/python -m pytest tests/integration
+
+demo: venv
+	$(BIN)/python -m gpumatrix.demo
+
+clean:
+	rm -rf out .pytest_cache

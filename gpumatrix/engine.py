@@ -1,0 +1,235 @@
+"""Build a cell's image on a Docker engine through the docker SDK's low-level build API."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound
+
+from .cells import Cell
+from .errors import UsageError
+
+STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+STAGE_RE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)", re.IGNORECASE)
+TAIL_LINES = 40
+
+
+def connect() -> docker.DockerClient:
+    """A client for the engine in DOCKER_HOST (or the default socket); UsageError when nobody answers."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except DockerException as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise UsageError(
+            f"cannot reach the Docker engine at {where} (DOCKER_HOST): {reason}; start dockerd or set DOCKER_HOST"
+        ) from None
+
+
+@dataclass
+class Step:
+    number: int
+    total: int
+    instruction: str
+    stage: str
+    cached: bool = False
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def makes_layer(self) -> bool:
+        """FROM and ARG steps never report a cache hit; every other step does when the cache serves it."""
+        return self.instruction.split(" ", 1)[0].upper() not in ("FROM", "ARG")
+
+
+@dataclass
+class BuildOutcome:
+    cell: str
+    status: str  # built | skipped | failed
+    tags: list[str]
+    image_id: str | None = None
+    size: int | None = None
+    duration: float = 0.0
+    steps: list[Step] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(1 for s in self.steps if s.cached)
+
+    @property
+    def layer_steps(self) -> int:
+        return sum(1 for s in self.steps if s.makes_layer)
+
+    def steps_of(self, stage: str) -> list[Step]:
+        return [s for s in self.steps if s.stage == stage]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    cell: Cell
+    dockerfile: str
+    lock: bytes | None
+    build_args: dict[str, str]
+    content_tag: str
+    network: str | None = None
+    target: str | None = None
+
+    @property
+    def tags(self) -> list[str]:
+        return [*self.cell.tags, self.content_tag] if self.target is None else [self.content_tag]
+
+
+Listener = Callable[[str, Step | None, str | None], None]  # (cell name, current step, output line)
+
+
+def build_args_for(cell: Cell, lock: bytes | None, overrides: dict[str, str]) -> dict[str, str]:
+    return {**overrides, "LOCK_SHA256": hashlib.sha256(lock).hexdigest() if lock is not None else "none"}
+
+
+def context_tar(dockerfile: str, lock: bytes | None) -> io.BytesIO:
+    """The whole build context: the Dockerfile and the lock, with fixed metadata so it is reproducible."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add(tar, "Dockerfile", dockerfile.encode())
+        if lock is not None:
+            _add(tar, "app.lock", lock)
+    buf.seek(0)
+    return buf
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def present(client: docker.DockerClient, ref: str) -> docker.models.images.Image | None:
+    try:
+        return client.images.get(ref)
+    except ImageNotFound:
+        return None
+
+
+def ensure_base(client: docker.DockerClient, image: str, cell: Cell) -> None:
+    """Pull a base image that is not on the engine; one line naming image and registry when that fails."""
+    if present(client, image):
+        return
+    try:
+        client.images.pull(image)
+    except (APIError, DockerException) as exc:
+        registry = image.split("/")[0] if "." in image.split("/")[0] or ":" in image.split("/")[0] else "docker.io"
+        reason = (getattr(exc, "explanation", None) or str(exc)).splitlines()[0][:160]
+        raise UsageError(
+            f"{cell.name}: base image {image} cannot be pulled from {registry} ({reason}); "
+            "point the cell at a mirror with --base-image/--runtime-image or `base_image`/`runtime_image` in matrix.yaml"
+        ) from None
+
+
+def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) -> BuildOutcome:
+    """Run one build and follow its stream; never raises for a failed build, the outcome says what failed."""
+    started = time.monotonic()
+    outcome = BuildOutcome(req.cell.name, "failed", req.tags)
+    stream = client.api.build(
+        fileobj=context_tar(req.dockerfile, req.lock),
+        custom_context=True,
+        tag=req.content_tag,
+        buildargs=req.build_args,
+        network_mode=req.network,
+        target=req.target,
+        rm=True,
+        forcerm=True,
+        decode=True,
+    )
+    image_id = _follow(stream, outcome, listener)
+    outcome.duration = time.monotonic() - started
+    if image_id and outcome.error is None:
+        _finish(client, req, outcome, image_id)
+    return outcome
+
+
+def _follow(stream, outcome: BuildOutcome, listener: Listener) -> str | None:
+    image_id, stage = None, "base"
+    try:
+        for chunk in stream:
+            if "error" in chunk:
+                outcome.error = _failure_text(outcome, chunk)
+                return None
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            for line in chunk.get("stream", "").splitlines():
+                stage = _on_line(line, outcome, stage, listener)
+    except (APIError, DockerException) as exc:
+        outcome.error = f"the engine stopped answering: {exc}"
+        return None
+    return image_id
+
+
+def _on_line(line: str, outcome: BuildOutcome, stage: str, listener: Listener) -> str:
+    step = STEP_RE.match(line)
+    if step:
+        instruction = step.group(3)
+        named = STAGE_RE.match(instruction)
+        stage = named.group(1) if named else stage
+        outcome.steps.append(Step(int(step.group(1)), int(step.group(2)), instruction, stage))
+        listener(outcome.cell, outcome.steps[-1], None)
+        return stage
+    if not outcome.steps:
+        return stage
+    current = outcome.steps[-1]
+    if line.strip() == "---> Using cache":
+        current.cached = True
+    current.output.append(line)
+    listener(outcome.cell, current, line)
+    return stage
+
+
+def _failure_text(outcome: BuildOutcome, chunk: dict) -> str:
+    message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+    if not outcome.steps:
+        return message.strip()
+    step = outcome.steps[-1]
+    tail = "\n".join(step.output[-TAIL_LINES:])
+    return f"step {step.number}/{step.total} ({step.stage}) failed: {step.instruction}\n{tail}\n{message.strip()}"
+
+
+def _finish(client: docker.DockerClient, req: BuildRequest, outcome: BuildOutcome, image_id: str) -> None:
+    image = client.images.get(image_id)
+    if req.target is None:
+        tag_cell(image, req.cell)
+    outcome.status = "built"
+    record_image(outcome, image)
+
+
+def tag_cell(image, cell: Cell) -> None:
+    for ref in cell.tags:
+        repo, tag = ref.rsplit(":", 1)
+        image.tag(repo, tag)
+
+
+def record_image(outcome: BuildOutcome, image) -> None:
+    outcome.image_id = image.id
+    outcome.size = image.attrs.get("Size")
+    outcome.labels = dict(image.labels or {})
+
+
+def skip_if_present(client: docker.DockerClient, req: BuildRequest) -> BuildOutcome | None:
+    """When the content tag is already on the engine the image is up to date: tag it and skip the build."""
+    image = present(client, req.content_tag)
+    if image is None:
+        return None
+    if req.target is None:
+        tag_cell(image, req.cell)
+    outcome = BuildOutcome(req.cell.name, "skipped", req.tags)
+    record_image(outcome, image)
+    return outcome

@@ -1,0 +1,102 @@
+"""The build step: cells -> build requests (rendered Dockerfile, lock, build args) -> images and a JSON report."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import engine
+from .cells import Cell
+from .engine import BuildOutcome, BuildRequest, Listener
+from .lockfile import verified_lock
+from .project import Project, write_atomic
+from .render import content_digest, content_tag, environment, render_cell
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line overrides; they travel as build arguments, so the committed Dockerfiles stay valid."""
+
+    base_image: str | None = None
+    runtime_image: str | None = None
+    index_url: str | None = None
+    network: str | None = None
+
+    def build_args(self, cell: Cell) -> dict[str, str]:
+        args = {
+            "BASE_IMAGE": self.base_image,
+            "RUNTIME_IMAGE": self.runtime_image,
+            "TORCH_INDEX_URL": self.index_url.replace("{variant}", cell.variant) if self.index_url else None,
+        }
+        return {k: v for k, v in args.items() if v}
+
+
+def prepare(
+    project: Project, image: str, cells: list[Cell], overrides: Overrides, target: str | None = None
+) -> list[BuildRequest]:
+    """One request per cell. target="torch" stops after the torch stage (for locking: no lock needed yet)."""
+    env = environment(project.templates)
+    requests = []
+    for cell in cells:
+        dockerfile = render_cell(env, cell, image)
+        lock = verified_lock(project, cell) if target is None else None
+        args = overrides.build_args(cell)
+        digest = content_digest(dockerfile, lock, args)
+        tag = content_tag(cell, digest) if target is None else content_tag(cell, digest, stage=target)
+        requests.append(
+            BuildRequest(
+                cell=cell,
+                dockerfile=dockerfile,
+                lock=lock,
+                build_args=engine.build_args_for(cell, lock, args),
+                content_tag=tag,
+                network=overrides.network or cell.network,
+                target=target,
+            )
+        )
+    return requests
+
+
+def base_images(req: BuildRequest) -> list[str]:
+    base = req.build_args.get("BASE_IMAGE", req.cell.base_image)
+    if req.target is not None:
+        return [base]
+    return [base, req.build_args.get("RUNTIME_IMAGE", req.cell.runtime_image)]
+
+
+def index_url(req: BuildRequest) -> str:
+    return req.build_args.get("TORCH_INDEX_URL", req.cell.index_url)
+
+
+def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: Listener) -> list[BuildOutcome]:
+    """Check the bases first (bad ones are refused before anything builds), then build with `jobs` workers."""
+    client = engine.connect()
+    pending = []
+    for req in requests:
+        skipped = None if force else engine.skip_if_present(client, req)
+        if skipped:
+            listener(req.cell.name, None, "content tag present: skipped (--force rebuilds)")
+            pending.append(skipped)
+            continue
+        for image in dict.fromkeys(base_images(req)):
+            engine.ensure_base(client, image, req.cell)
+        pending.append(req)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [
+            item if isinstance(item, BuildOutcome) else pool.submit(engine.build, engine.connect(), item, listener)
+            for item in pending
+        ]
+        return [f if isinstance(f, BuildOutcome) else f.result() for f in futures]
+
+
+def write_report(path: Path, outcomes: list[BuildOutcome]) -> None:
+    records = []
+    for o in outcomes:
+        record = asdict(o)
+        record["steps"] = [{k: v for k, v in s.items() if k != "output"} for s in record["steps"]]
+        record["cache_hits"] = o.cache_hits
+        record["layer_steps"] = o.layer_steps
+        records.append(record)
+    write_atomic(path, json.dumps({"cells": records}, indent=2) + "\n")

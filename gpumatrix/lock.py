@@ -1,0 +1,149 @@
+"""The lock step: pip-compile each cell's app layers inside a container of that cell's torch stage.
+
+The torch stage (torch, its companions and everything pip installed with them) is never part of a lock: it is
+computed from the stage's own `pip freeze` and passed to pip-compile as unsafe packages with --no-allow-unsafe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from concurrent.futures import ThreadPoolExecutor
+
+from . import engine, images
+from .cells import Cell
+from .errors import WorkFailed
+from .lockfile import PIP_TOOLS_VERSION, REQ_LINE, input_files, inputs_digest, problems
+from .project import Project, write_atomic
+
+TOOLS = "/tmp/gpumatrix-tools"
+WORK = "/tmp/gpumatrix-lock"
+
+@dataclass(frozen=True)
+class LockJob:
+    cell: Cell
+    torch_image: str
+    network: str | None
+    index_url: str
+
+
+def compile_lock(client, project: Project, job: LockJob) -> str:
+    """Run pip-compile in a container of the torch stage and return the finished lock text."""
+    container = client.containers.run(job.torch_image, ["sleep", "infinity"], detach=True,
+                                      network_mode=job.network or "default", entrypoint=[])
+    try:
+        container.put_archive("/", _inputs_tar(project, job.cell))
+        freeze = _exec(container, "cat /opt/gpumatrix/torch-constraints.txt", "read the torch-stage freeze")
+        torch_stage = [line for line in freeze.splitlines() if REQ_LINE.match(line)]
+        _exec(container, _install_tools_script(job.cell), "install pip-tools")
+        _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
+        body = _read_file(container, f"{WORK}/lock.txt")
+    finally:
+        container.remove(force=True)
+    return _with_header(project, job.cell, body, torch_stage)
+
+
+def _inputs_tar(project: Project, cell: Cell) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in input_files(project, cell):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(f"{WORK.lstrip('/')}/{path.relative_to(project.root)}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _exec(container, script: str, what: str) -> str:
+    code, output = container.exec_run(["bash", "-o", "pipefail", "-c", script], workdir="/")
+    text = output.decode(errors="replace")
+    if code != 0:
+        tail = "\n".join(text.splitlines()[-40:])
+        raise WorkFailed(f"{what} failed (exit {code}):\n{tail}")
+    return text
+
+
+def _install_tools_script(cell: Cell) -> str:
+    return (f"python -m venv {TOOLS} && {TOOLS}/bin/python -m pip install -q --no-cache-dir "
+            f"pip=={cell.pip} pip-tools=={PIP_TOOLS_VERSION}")
+
+
+def _compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> str:
+    names = sorted({REQ_LINE.match(line).group(1) for line in torch_stage})
+    layers = [str(project.requirements.relative_to(project.root) / f"{layer}.in") for layer in job.cell.layers]
+    args = [
+        f"{TOOLS}/bin/pip-compile", "--quiet", "--no-header", "--generate-hashes", "--no-allow-unsafe",
+        "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
+        "--extra-index-url", job.index_url, "--constraint", "/opt/gpumatrix/torch-constraints.txt",
+        *(["--pre"] if job.cell.pre else []),
+        *[f"--unsafe-package={n}" for n in names],
+        "--output-file", "lock.txt", *layers,
+    ]
+    return f"cd {WORK} && " + shlex.join(args)
+
+
+def _read_file(container, path: str) -> str:
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.next()
+        return tar.extractfile(member).read().decode()
+
+
+def _with_header(project: Project, cell: Cell, body: str, torch_stage: list[str]) -> str:
+    body = body.split("# The following packages are considered to be unsafe")[0].rstrip() + "\n"
+    constraints = "\n".join(torch_stage) + "\n"
+    lines = [
+        f"# gpumatrix lock for {cell.name}. Written by `python build.py lock`; do not edit by hand.",
+        f"# layers: {' '.join(cell.layers)}",
+        f"# inputs-sha256: {inputs_digest(project, cell)}",
+        f"# torch-constraints-sha256: {hashlib.sha256(constraints.encode()).hexdigest()}",
+        f"# pip-tools: {PIP_TOOLS_VERSION}",
+        *( [f"# nightly: {cell.torch}"] if cell.pre else [] ),
+        "# The torch stage installs these; they are never installed from this lock:",
+        *[f"# torch-stage: {line}" for line in torch_stage],
+        "",
+    ]
+    return "\n".join(lines) + "\n" + body
+
+
+def write_lock(project: Project, cell: Cell, text: str) -> Path:
+    found = [p for p in problems(project, cell, text) if "torch-stage package" in p]
+    if found:
+        raise WorkFailed("\n".join(found))
+    path = project.lock(cell.name)
+    write_atomic(path, text)
+    return path
+
+
+@dataclass
+class LockResult:
+    cell: str
+    path: Path | None = None
+    error: str | None = None
+
+
+def lock_cells(project: Project, image: str, cells: list[Cell], overrides: images.Overrides, jobs: int,
+               listener: engine.Listener, log) -> list[LockResult]:
+    """Build each cell's torch stage (engine cache), then pip-compile in it; `jobs` cells at a time."""
+    cells = [c for c in cells if c.layers]
+    requests = images.prepare(project, image, cells, overrides, target="torch")
+    built = images.run_builds(requests, jobs, force=False, listener=listener)
+
+    def one(req: engine.BuildRequest, outcome: engine.BuildOutcome) -> LockResult:
+        if outcome.status == "failed":
+            return LockResult(req.cell.name, error=f"torch stage failed: {outcome.error}")
+        log(f"{req.cell.name}: pip-compile in the torch stage ({outcome.image_id[7:19]})")
+        job = LockJob(req.cell, outcome.image_id, req.network, images.index_url(req))
+        try:
+            text = compile_lock(engine.connect(), project, job)
+            return LockResult(req.cell.name, path=write_lock(project, req.cell, text))
+        except WorkFailed as exc:
+            return LockResult(req.cell.name, error=str(exc))
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, requests, built))

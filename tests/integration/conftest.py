@@ -1,0 +1,62 @@
+"""Fixtures for integration tests: a Docker engine and the local stand-ins."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+
+import docker
+import pytest
+
+from gpumatrix.standins import LoopbackIndex, ensure_standin_base
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+TORCH_CPU_REQUIREMENT = "torch==2.13.0"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under tests/integration as an integration test."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+def unavailable(reason: str) -> None:
+    """Fail under CI=true, skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        unavailable(f"no Docker engine reachable: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> pathlib.Path:
+    """Where stand-in rootfs temp dirs and wheel indexes live (git-ignored)."""
+    return REPO_ROOT / ".cache"
+
+
+@pytest.fixture(scope="session")
+def standin_base(docker_client, cache_dir) -> str:
+    if shutil.which("debootstrap") is None:
+        unavailable("debootstrap not found: apt-get install debootstrap")
+    return ensure_standin_base(docker_client, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def torch_index(cache_dir):
+    index = LoopbackIndex(cache_dir / "index-cpu")
+    index.fill([TORCH_CPU_REQUIREMENT])
+    with index:
+        yield index
