@@ -1,0 +1,211 @@
+"""End to end on a real engine: lock and build the CPU cell of the shipped matrix against the stand-ins.
+
+Everything is checked through the docker SDK or the image itself, never through gpumatrix's own code.
+Tests in this module run in order and share one copy of the project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = "cpu-py3.11-torch2.13.0"
+REPOSITORY = "ghcr.io/acme/gpu-images"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("templates", "requirements"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copy(REPO / "matrix.yaml", root / "matrix.yaml")
+    (root / "locks").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def stand_ins(standin_base, torch_index) -> list[str]:
+    return ["--base-image", standin_base, "--runtime-image", standin_base,
+            "--index-url", torch_index.url, "--network", "host"]
+
+
+def cli(project: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def run_in(client, image: str, command: str) -> str:
+    out = client.containers.run(image, ["bash", "-c", command], remove=True, network_mode="none")
+    return out.decode()
+
+
+def report(project: Path) -> dict:
+    cells = json.loads((project / "out" / "build-report.json").read_text())["cells"]
+    return {c["cell"]: c for c in cells}
+
+
+def lock_text(project: Path) -> str:
+    return (project / "locks" / f"{CELL}.txt").read_text()
+
+
+def requirement_names(text: str) -> set[str]:
+    return {m.group(1).lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9._-]+)==", text, re.MULTILINE)}
+
+
+def test_lock_compiles_in_the_torch_stage_without_torch_stage_packages(project, stand_ins, torch_index):
+    torch_index.requests.clear()
+    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    # The index URL is a build argument of the torch RUN step and its port is new each session: never a cache hit.
+    assert any("torch-2.13.0+cpu" in r for r in torch_index.requests), torch_index.requests
+    text = lock_text(project)
+    names = requirement_names(text)
+    assert {"numpy", "safetensors", "tqdm"} <= names
+    stage = {line.split(": ", 1)[1].split("==")[0].lower() for line in text.splitlines() if line.startswith("# torch-stage: ")}
+    assert "torch" in stage and "sympy" in stage
+    assert not names & stage, f"torch-stage packages in the lock: {names & stage}"
+    assert all("--hash=sha256:" in block for block in text.split("\n\n")[1].split("==")[1:])
+    assert cli(project, "lock", "--check").returncode == 1  # only the CUDA cells are missing now
+    assert cli(project, "lock", "--check", "--cuda", "cpu").returncode == 0
+
+
+def test_lock_is_byte_identical_when_run_again(project, stand_ins):
+    first = lock_text(project)
+    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    assert lock_text(project) == first
+
+
+def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(project, stand_ins, docker_client, torch_index):
+    result = cli(project, "build", "--cuda", "cpu", "--force", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    assert f"building {CELL}" in result.stderr
+    image = docker_client.images.get(f"{REPOSITORY}:{CELL}")
+    content_tags = [t for t in image.tags if re.fullmatch(rf"{re.escape(REPOSITORY)}:{CELL}-[0-9a-f]{{12}}", t)]
+    assert content_tags, image.tags
+    labels = image.labels
+    assert labels["io.gpumatrix.torch"] == "2.13.0+cpu"
+    assert labels["io.gpumatrix.python"] == "3.11"
+    assert labels["org.opencontainers.image.version"] == CELL
+    assert labels["io.gpumatrix.lock-sha256"] == hashlib.sha256((project / "locks" / f"{CELL}.txt").read_bytes()).hexdigest()
+    # The torch stage the image was assembled from: its torch layer was installed with the loopback index only.
+    stage = docker_client.images.list(filters={"reference": f"{REPOSITORY}:{CELL}-torchstage-*"})
+    history = [h["CreatedBy"] for img in stage for h in img.history() if "torch==2.13.0+cpu" in h["CreatedBy"]]
+    assert any(f"TORCH_INDEX_URL={torch_index.url}" in h for h in history), history
+    assert not any("--extra-index-url" in h for h in history)
+    versions = run_in(docker_client, f"{REPOSITORY}:{CELL}",
+                      "python -c 'import torch, numpy, safetensors; print(torch.__version__, torch.version.cuda)'")
+    assert versions.split() == ["2.13.0+cpu", "None"]
+    env = dict(e.split("=", 1) for e in image.attrs["Config"]["Env"])
+    assert env["PIP_CONSTRAINT"] == "/opt/gpumatrix/constraints.txt"
+    rec = report(project)[CELL]
+    assert rec["status"] == "built" and rec["image_id"] == image.id and rec["size"] == image.attrs["Size"]
+
+
+def test_image_holds_exactly_the_torch_stage_plus_the_lock(project, docker_client):
+    text = lock_text(project)
+    wanted = {line.split(": ", 1)[1].lower().replace("_", "-") for line in text.splitlines() if line.startswith("# torch-stage: ")}
+    wanted |= {m.group(0).lower().replace("_", "-") for m in re.finditer(r"^[A-Za-z0-9._-]+==\S+", text, re.MULTILINE)}
+    frozen = run_in(docker_client, f"{REPOSITORY}:{CELL}", "pip freeze --all --exclude pip")
+    got = {line.lower().replace("_", "-") for line in frozen.split()}
+    assert got == wanted, f"extra {got - wanted}, missing {wanted - got}"
+
+
+def test_second_build_is_skipped_by_content_tag(project, stand_ins):
+    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    assert "content tag present: skipped" in result.stderr
+    assert report(project)[CELL]["status"] == "skipped"
+
+
+def test_lock_change_rebuilds_only_app_and_runtime(project, stand_ins):
+    layer = project / "requirements" / "cpu.in"
+    layer.write_text(layer.read_text() + "packaging>=24\n")
+    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 2 and "stale" in result.stderr and "make lock" in result.stderr
+    assert cli(project, "lock", "--check", "--cuda", "cpu").returncode == 1
+    assert cli(project, "lock", "--cuda", "cpu", *stand_ins).returncode == 0
+    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    steps = report(project)[CELL]["steps"]
+    early = [s for s in steps if s["stage"] in ("base", "torch") and s["instruction"].split()[0] not in ("FROM", "ARG")]
+    assert early and all(s["cached"] for s in early), [s["instruction"][:40] for s in early if not s["cached"]]
+    app = [s for s in steps if s["stage"] == "app" and s["instruction"].startswith(("RUN", "COPY"))]
+    assert app and not any(s["cached"] for s in app)
+
+
+def test_hand_edited_torch_in_the_lock_is_refused_before_building(project, stand_ins):
+    path = project / "locks" / f"{CELL}.txt"
+    original = path.read_text()
+    try:
+        path.write_text(original + "torch==2.4.1 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+        result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+        assert result.returncode == 2
+        assert "torch-stage package(s) torch" in result.stderr
+    finally:
+        path.write_text(original)
+
+
+def test_tampered_hash_fails_the_build_with_pips_hash_error(project, stand_ins):
+    path = project / "locks" / f"{CELL}.txt"
+    original = path.read_text()
+    block = re.search(r"^tqdm==.*?(?=^\S|\Z)", original, re.MULTILINE | re.DOTALL).group(0)
+    try:
+        path.write_text(original.replace(block, re.sub(r"[0-9a-f]{64}", "f" * 64, block)))
+        result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+        assert result.returncode == 1
+        assert "DO NOT MATCH THE HASHES" in result.stderr
+        assert "(app) failed" in result.stderr
+        assert report(project)[CELL]["status"] == "failed"
+    finally:
+        path.write_text(original)
+
+
+def test_one_failing_cell_does_not_stop_the_others(project, stand_ins):
+    # Python 3.12 is not in the stand-in base: that cell's first RUN fails, the 3.11 cell still builds.
+    two_cells = project / "two-cells.yaml"
+    two_cells.write_text(
+        (project / "matrix.yaml").read_text()
+        .replace('- {cuda: cpu, python: "3.11", torch: "2.13.0"}',
+                 '- {cuda: cpu, python: "3.11", torch: "2.13.0"}\n  - {cuda: cpu, python: "3.12", torch: "2.13.0"}')
+        + '  - match: {cuda: cpu, python: "3.12"}\n    layers: []\n'
+    )
+    result = subprocess.run(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(two_cells), "build", "--all", "--cuda", "cpu", *stand_ins],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 1, result.stderr
+    statuses = {name: rec["status"] for name, rec in report(project).items()}
+    assert statuses == {CELL: statuses[CELL], "cpu-py3.12-torch2.13.0": "failed"}
+    assert statuses[CELL] in ("built", "skipped")
+    assert "cpu-py3.12-torch2.13.0 failed" in result.stderr and "(base) failed" in result.stderr
+    assert "1 of 2 cells failed" in result.stderr
+
+
+def test_unreachable_engine_is_one_line_naming_docker_host(project):
+    result = cli(project, "build", "--cuda", "cpu", env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert "tcp://127.0.0.1:9" in result.stderr and "DOCKER_HOST" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_base_image_that_cannot_be_pulled_names_image_registry_and_override(project, torch_index):
+    result = cli(project, "build", "--cuda", "cpu", "--base-image", "registry.invalid/nvidia/cuda:0.0-nope",
+                 "--index-url", torch_index.url, "--network", "host")
+    assert result.returncode == 2
+    assert "registry.invalid/nvidia/cuda:0.0-nope" in result.stderr
+    assert "from registry.invalid" in result.stderr and "--base-image" in result.stderr
+    assert "Traceback" not in result.stderr
