@@ -104,7 +104,7 @@ def build_summary(outcomes) -> None:
             err.print(f"\n{o.cell} failed:\n{o.error}", markup=False)
     table = Table(title="build summary", title_justify="left")
     for column in ("cell", "status", "image id", "size", "duration", "cache"):
-        table.add_column(column, no_wrap=column == "cell")
+        table.add_column(column, no_wrap=True)
     for o in outcomes:
         table.add_row(
             o.cell,
