@@ -140,6 +140,7 @@ def settings_for(matrix: Matrix, cuda: str, python: str, torch: str) -> Settings
 
 
 def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
+    compat.require_known(torch, cuda)  # a typo is bad input, never a combination to skip
     try:
         variant = compat.variant_for(torch, cuda)
         compat.check_python(torch, python)

@@ -71,6 +71,11 @@ def _variant_fits(variant: str, cuda: str) -> bool:
     return vc is not None and _same_major(vc, cuda) and _v(vc) <= _v(cuda)
 
 
+def require_known(torch: str, cuda: str) -> None:
+    _torch_row(torch)
+    cuda_base(cuda)
+
+
 def variant_for(torch: str, cuda: str) -> str:
     """The newest variant of `torch` whose CUDA is <= `cuda` within the same CUDA major; `cpu` for CPU cells."""
     row = _torch_row(torch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from .errors import UsageError
 
 MAX_YAML_NODES = 20_000  # an alias bomb expands far past this; a real matrix stays far below it
+MAX_YAML_DEPTH = 32  # a real matrix nests five levels deep
 
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
 Cuda = Annotated[str, StringConstraints(pattern=r"^(\d+\.\d+|cpu)$")]
@@ -90,18 +92,37 @@ class Matrix(_Strict):
 def load_matrix(path: Path) -> Matrix:
     """Read and validate a matrix file; every problem becomes one line of a UsageError."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the matrix file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}): save the matrix as UTF-8") from None
     data, lines = _parse_yaml(text, path)
     try:
         return Matrix.model_validate(data)
     except ValidationError as exc:
-        raise UsageError("\n".join(_describe(err, path, lines) for err in exc.errors())) from None
+        described = dict.fromkeys(_describe(err, path, lines) for err in _one_per_key(exc.errors()))
+        raise UsageError("\n".join(described)) from None
+
+
+_UNION_BRANCH = re.compile(r"^(str|bool|int|float|none|constrained-str|function-.*|.*\[.*\])$")
+
+
+def _clean_loc(loc) -> tuple:
+    """The key path without the union-branch names pydantic puts into locations."""
+    return tuple(p for p in loc if isinstance(p, int) or not _UNION_BRANCH.match(p))
+
+
+def _one_per_key(errors: list[dict]) -> list[dict]:
+    """A value that fails every branch of a union gives one error per branch; keep the first per key path."""
+    seen: dict[tuple, dict] = {}
+    for err in errors:
+        seen.setdefault(_clean_loc(err["loc"]), err)
+    return list(seen.values())
 
 
 def _describe(err: dict, path: Path, lines: dict[tuple, int]) -> str:
-    loc = tuple(err["loc"])
+    loc = _clean_loc(err["loc"])
     where = _line_for(loc, lines)
     key = _dotted(loc) or "(top level)"
     message = err["msg"]
@@ -111,11 +132,12 @@ def _describe(err: dict, path: Path, lines: dict[tuple, int]) -> str:
         message = "required key is missing"
     elif err["type"] == "string_pattern_mismatch":
         message = f"{err['input']!r} is not valid here ({_pattern_hint(loc)})"
-    return f"{path}:{where}: {key}: {message}" if where else f"{path}: {key}: {message}"
+    line = f"{path}:{where}: {key}: {message}" if where else f"{path}: {key}: {message}"
+    return line.replace("\n", "\\n")
 
 
 def _pattern_hint(loc: tuple) -> str:
-    names = [p for p in loc if isinstance(p, str)]
+    names = [p for p in _clean_loc(loc) if isinstance(p, str)]
     last = names[-1] if names else ""
     hints = {
         "archs": "an arch is sm_NN, e.g. sm_80",
@@ -129,18 +151,13 @@ def _pattern_hint(loc: tuple) -> str:
 
 def _dotted(loc: tuple) -> str:
     out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "list[constrained-str]", "constrained-str", "list[str]"):
-            continue  # union branch names that pydantic puts in the location
-        else:
-            out += f".{part}" if out else str(part)
+    for part in _clean_loc(loc):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
-    keys = tuple(p for p in loc if isinstance(p, int) or not p.startswith(("list[", "constrained")))
+    keys = _clean_loc(loc)
     while keys:
         if keys in lines:
             return lines[keys]
@@ -154,11 +171,14 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}:{_mark_line(exc)}: malformed YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: the document is nested too deeply to be a matrix") from None
     if node is None:
         raise UsageError(f"{path}: the matrix file is empty")
     lines: dict[tuple, int] = {}
     budget = [MAX_YAML_NODES]
     return _value(node, (), lines, path, budget), lines
+
 
 
 def _mark_line(exc: yaml.YAMLError) -> str:
@@ -178,6 +198,8 @@ def _value(node: yaml.Node, loc: tuple, lines: dict, path: Path, budget: list[in
     if budget[0] < 0:
         raise UsageError(f"{path}: the document expands to more than {MAX_YAML_NODES} nodes (YAML alias bomb?)")
     line = node.start_mark.line + 1
+    if len(loc) > MAX_YAML_DEPTH:  # also stops a recursive alias, which would nest forever
+        raise UsageError(f"{path}:{line}: {_dotted(loc)}: nested deeper than {MAX_YAML_DEPTH} levels (recursive alias?)")
     lines.setdefault(loc, line)
     tag = node.tag.rsplit(":", 1)[-1]
     if isinstance(node, yaml.MappingNode) and tag == "map":
