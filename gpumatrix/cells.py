@@ -14,6 +14,7 @@ from .matrix import Include, Matrix, Settings
 
 DEFAULT_SETTINGS = Settings(
     index_url="https://download.pytorch.org/whl/{variant}",
+    nightly_index_url="https://download.pytorch.org/whl/nightly/{variant}",
     pre=False,
     archs=[],
     layers=[],
@@ -148,6 +149,7 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         raise _NoWheel(str(exc)) from None
     s = settings_for(matrix, cuda, python, torch)
     base = compat.cuda_base(cuda)
+    nightly = compat.is_nightly(torch)
     archs = tuple(s.archs) if cuda != "cpu" else ()
     compat.check_archs(torch, variant, archs)
     name = cell_name(cuda, python, torch)
@@ -168,8 +170,8 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         driver_floor=base.driver_floor,
         base_image=s.base_image or base.devel.format(**fill),
         runtime_image=s.runtime_image or base.runtime.format(**fill),
-        index_url=s.index_url.replace("{variant}", variant),
-        pre=s.pre,
+        index_url=(s.nightly_index_url if nightly else s.index_url).replace("{variant}", variant),
+        pre=s.pre or nightly,
         archs=archs,
         wheel_archs=compat.wheel_archs(torch, variant),
         layers=tuple(s.layers),

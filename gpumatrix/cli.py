@@ -35,12 +35,13 @@ def _pattern(regex: str, what: str):
 
 CUDA_ARG = _pattern(r"\d+\.\d+|cpu", "a CUDA version such as 12.8, or cpu")
 VERSION_ARG = _pattern(r"\d+\.\d+(\.\d+)?", "a version such as 3.11 or 2.7.1")
+TORCH_ARG = _pattern(r"\d+\.\d+\.\d+(\.dev\d{8})?", "a torch release such as 2.7.1 (or a nightly 2.16.0.dev20261120)")
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda", type=CUDA_ARG, help="CUDA version of the base (12.4, 12.8, 13.0) or cpu")
     p.add_argument("--python", type=VERSION_ARG, help="Python version, e.g. 3.11")
-    p.add_argument("--torch", type=VERSION_ARG, help="torch release, e.g. 2.7.1")
+    p.add_argument("--torch", type=TORCH_ARG, help="torch release, e.g. 2.7.1, or a nightly 2.16.0.devYYYYMMDD")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -44,10 +44,19 @@ def known_cudas() -> list[str]:
     return list(facts()["cuda"])
 
 
+def is_nightly(torch: str) -> bool:
+    return _v(torch).is_devrelease
+
+
 def _torch_row(torch: str) -> dict:
-    row = facts()["torch"].get(torch)
+    if is_nightly(torch):
+        row = facts()["nightly"].get(_v(torch).base_version)
+        known = ", ".join(f"{v}.devYYYYMMDD" for v in facts()["nightly"])
+    else:
+        row = facts()["torch"].get(torch)
+        known = ", ".join(torch_releases())
     if row is None:
-        raise Incompatible(f"torch {torch} is not in the compatibility data; known: {', '.join(torch_releases())}")
+        raise Incompatible(f"torch {torch} is not in the compatibility data; known: {known}")
     return row
 
 
@@ -89,7 +98,7 @@ def variant_for(torch: str, cuda: str) -> str:
 
 
 def _no_variant_message(torch: str, cuda: str) -> str:
-    builds = ", ".join(facts()["torch"][torch]["variants"])
+    builds = ", ".join(_torch_row(torch)["variants"])
     usable = torches_for_cuda(cuda)
     hint = f"for CUDA {cuda} use torch >= {usable[0]}" if usable else f"no known torch has a build for CUDA {cuda}"
     runs_on = cudas_for_torch(torch)
@@ -102,7 +111,7 @@ def torches_for_cuda(cuda: str) -> list[str]:
 
 
 def cudas_for_torch(torch: str) -> list[str]:
-    variants = facts()["torch"][torch]["variants"]
+    variants = _torch_row(torch)["variants"]
     return [c for c in known_cudas() if c != "cpu" and any(_variant_fits(v, c) for v in variants)]
 
 
@@ -120,12 +129,13 @@ def check_python(torch: str, python: str) -> None:
 def companions(torch: str, variant: str, wanted: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """(name, local version) of each wanted companion package that exists for this torch release."""
     row = _torch_row(torch)
-    return tuple((name, f"{row[name]}+{variant}") for name in wanted if row.get(name))
+    dev = f".dev{_v(torch).dev}" if is_nightly(torch) else ""
+    return tuple((name, f"{row[name]}{dev}+{variant}") for name in wanted if row.get(name))
 
 
 def wheel_archs(torch: str, variant: str) -> tuple[str, ...]:
     for rule in facts()["archs"]:
-        if rule["variant"] == variant and _v(torch) in SpecifierSet(rule["torch"]):
+        if rule["variant"] == variant and SpecifierSet(rule["torch"]).contains(_v(torch), prereleases=True):
             return tuple(rule["archs"])
     raise Incompatible(f"no arch data for torch {torch}+{variant}; add a row under `archs:` in compat.yaml")
 

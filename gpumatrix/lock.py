@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shlex
 import tarfile
 from dataclasses import dataclass
@@ -103,12 +104,21 @@ def _with_header(project: Project, cell: Cell, body: str, torch_stage: list[str]
         f"# inputs-sha256: {inputs_digest(project, cell)}",
         f"# torch-constraints-sha256: {hashlib.sha256(constraints.encode()).hexdigest()}",
         f"# pip-tools: {PIP_TOOLS_VERSION}",
-        *( [f"# nightly: {cell.torch}"] if cell.pre else [] ),
+        *_nightly_lines(cell),
         "# The torch stage installs these; they are never installed from this lock:",
         *[f"# torch-stage: {line}" for line in torch_stage],
         "",
     ]
     return "\n".join(lines) + "\n" + body
+
+
+def _nightly_lines(cell: Cell) -> list[str]:
+    """A nightly pin is valid for that one dated build only; the header says which."""
+    date = re.search(r"\.dev(\d{4})(\d{2})(\d{2})$", cell.torch)
+    if not date:
+        return []
+    day = "-".join(date.groups())
+    return [f"# nightly: {cell.torch_pin} (the nightly of {day}; valid for that build only, refresh with `make lock`)"]
 
 
 def write_lock(project: Project, cell: Cell, text: str) -> Path:

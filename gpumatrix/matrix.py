@@ -15,6 +15,7 @@ MAX_YAML_NODES = 20_000  # an alias bomb expands far past this; a real matrix st
 MAX_YAML_DEPTH = 32  # a real matrix nests five levels deep
 
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
+TorchVersion = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+(\.dev\d{8})?$")]  # .devYYYYMMDD: nightly
 Cuda = Annotated[str, StringConstraints(pattern=r"^(\d+\.\d+|cpu)$")]
 Arch = Annotated[str, StringConstraints(pattern=r"^sm_\d{2,3}a?$")]
 Layer = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -34,6 +35,7 @@ class Settings(_Strict):
     base_image: Text | None = None
     runtime_image: Text | None = None
     index_url: Text | None = None
+    nightly_index_url: Text | None = None
     pre: bool | None = None
     archs: list[Arch] | None = None
     layers: list[Layer] | None = None
@@ -48,7 +50,7 @@ class Selector(_Strict):
 
     cuda: Cuda | list[Cuda] | None = None
     python: Version | list[Version] | None = None
-    torch: Version | list[Version] | None = None
+    torch: TorchVersion | list[TorchVersion] | None = None
 
     def matches(self, cuda: str, python: str, torch: str) -> bool:
         return all(
@@ -64,18 +66,18 @@ class Override(Settings):
 class Include(_Strict):
     cuda: Cuda
     python: Version
-    torch: Version
+    torch: TorchVersion
 
 
 class Axes(_Strict):
     cuda: list[Cuda] = Field(min_length=1)
     python: list[Version] = Field(min_length=1)
-    torch: list[Version] = Field(min_length=1)
+    torch: list[TorchVersion] = Field(min_length=1)
 
 
 class Defaults(_Strict):
     python: Version
-    torch: dict[Cuda, Version] = {}
+    torch: dict[Cuda, TorchVersion] = {}
 
 
 class Matrix(_Strict):
