@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     _add_filters(p)
     p.add_argument("--all", action="store_true", help="build every cell that matches the filters")
     p.add_argument("--force", action="store_true", help="rebuild even when the content tag is present")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step (implies --force)")
     p.add_argument("-j", "--jobs", type=_positive, default=1, help="cells built in parallel (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every build step's output")
     _add_overrides(p)
@@ -144,9 +145,9 @@ def cmd_build(args) -> int:
         report.info(f"building {cell.name}: {why}")
         cells = [cell]
     overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
-    requests = prepare(project, expansion.matrix.image, cells, overrides)
+    requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
-        outcomes = run_builds(requests, args.jobs, args.force, progress)
+        outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
     report_path = args.report or project.out / "build-report.json"
     write_report(report_path, outcomes)
     report.build_summary(outcomes)

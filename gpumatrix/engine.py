@@ -84,6 +84,7 @@ class BuildRequest:
     content_tag: str
     network: str | None = None
     target: str | None = None
+    nocache: bool = False
 
     @property
     def tags(self) -> list[str]:
@@ -147,6 +148,7 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
         buildargs=req.build_args,
         network_mode=req.network,
         target=req.target,
+        nocache=req.nocache,
         rm=True,
         forcerm=True,
         decode=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import engine
@@ -34,7 +34,8 @@ class Overrides:
 
 
 def prepare(
-    project: Project, image: str, cells: list[Cell], overrides: Overrides, target: str | None = None
+    project: Project, image: str, cells: list[Cell], overrides: Overrides, target: str | None = None,
+    nocache: bool = False,
 ) -> list[BuildRequest]:
     """One request per cell. target="torch" stops after the torch stage (for locking: no lock needed yet)."""
     env = environment(project.templates)
@@ -54,6 +55,7 @@ def prepare(
                 content_tag=tag,
                 network=overrides.network or cell.network,
                 target=target,
+                nocache=nocache,
             )
         )
     return requests
@@ -70,8 +72,29 @@ def index_url(req: BuildRequest) -> str:
     return req.build_args.get("TORCH_INDEX_URL", req.cell.index_url)
 
 
+def base_stage_key(req: BuildRequest) -> tuple:
+    """What the `base` stage depends on: cells with the same key share that stage."""
+    cell = req.cell
+    return req.build_args.get("BASE_IMAGE", cell.base_image), cell.python, cell.pip, cell.os_packages
+
+
+def shared_base_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
+    """One `base`-stage build per group of two or more cells that share it, so parallel builds don't repeat it."""
+    groups: dict[tuple, list[BuildRequest]] = {}
+    for req in requests:
+        groups.setdefault(base_stage_key(req), []).append(req)
+    return [
+        replace(group[0], lock=None, target="base", content_tag=group[0].content_tag.replace(
+            f":{group[0].cell.name}-", f":{group[0].cell.name}-basestage-"))
+        for group in groups.values() if len(group) > 1
+    ]
+
+
 def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: Listener) -> list[BuildOutcome]:
-    """Check the bases first (bad ones are refused before anything builds), then build with `jobs` workers."""
+    """Check the bases first (bad ones are refused before anything builds), then build with `jobs` workers.
+
+    With more than one worker, a `base` stage that several cells share is built once, before the cells.
+    """
     client = engine.connect()
     pending = []
     for req in requests:
@@ -83,12 +106,20 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
         for image in dict.fromkeys(base_images(req)):
             engine.ensure_base(client, image, req.cell)
         pending.append(req)
+    todo = [item for item in pending if isinstance(item, BuildRequest)]
+    if jobs > 1:
+        for stage in shared_base_stages([r for r in todo if not r.nocache]):
+            engine.build(client, stage, _quiet)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [
             item if isinstance(item, BuildOutcome) else pool.submit(engine.build, engine.connect(), item, listener)
             for item in pending
         ]
         return [f if isinstance(f, BuildOutcome) else f.result() for f in futures]
+
+
+def _quiet(cell: str, step, line) -> None:
+    """Shared stages are built before the cells' own progress starts; their output is not shown."""
 
 
 def write_report(path: Path, outcomes: list[BuildOutcome]) -> None:
