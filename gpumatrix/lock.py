@@ -11,10 +11,9 @@ import io
 import re
 import shlex
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from concurrent.futures import ThreadPoolExecutor
 
 from . import engine, images
 from .cells import Cell
@@ -35,18 +34,36 @@ class LockJob:
 
 def compile_lock(client, project: Project, job: LockJob) -> str:
     """Run pip-compile in a container of the torch stage and return the finished lock text."""
-    container = client.containers.run(job.torch_image, ["sleep", "infinity"], detach=True,
-                                      network_mode=job.network or "default", entrypoint=[])
+    container = _start(client, tools_image(client, job), job.network)
     try:
         container.put_archive("/", _inputs_tar(project, job.cell))
         freeze = _exec(container, "cat /opt/gpumatrix/torch-constraints.txt", "read the torch-stage freeze")
         torch_stage = [line for line in freeze.splitlines() if REQ_LINE.match(line)]
-        _exec(container, _install_tools_script(job.cell), "install pip-tools")
         _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
         body = _read_file(container, f"{WORK}/lock.txt")
     finally:
         container.remove(force=True)
     return _with_header(project, job.cell, body, torch_stage)
+
+
+def tools_image(client, job: LockJob) -> str:
+    """The torch stage plus pip-tools in a venv of its own (never in the image's env), kept for the next lock."""
+    key = hashlib.sha256(f"{job.torch_image} {job.cell.pip} {PIP_TOOLS_VERSION}".encode()).hexdigest()[:16]
+    tag = f"gpumatrix-locktools:{key}"
+    if engine.present(client, tag):
+        return tag
+    container = _start(client, job.torch_image, job.network)
+    try:
+        _exec(container, _install_tools_script(job.cell), "install pip-tools")
+        container.commit(repository="gpumatrix-locktools", tag=key)
+    finally:
+        container.remove(force=True)
+    return tag
+
+
+def _start(client, image: str, network: str | None):
+    return client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode=network or "default",
+                                 entrypoint=[])
 
 
 def _inputs_tar(project: Project, cell: Cell) -> bytes:
