@@ -12,6 +12,7 @@ OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)
 
 .PHONY: venv render check list image images lock lock-check test unit integration demo clean
+.PHONY: push bake matrix
 
 venv: $(BIN)/.installed
 
@@ -41,6 +42,15 @@ lock: venv
 
 lock-check: venv
 	$(BUILD) lock --check $(FILTERS)
+
+push: venv
+	$(BUILD) push $(FILTERS) $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(ATTEMPTS),--attempts $(ATTEMPTS))
+
+bake: venv
+	$(BUILD) bake $(FILTERS) $(OVERRIDES) $(if $(REGISTRY),--registry $(REGISTRY))
+
+matrix: venv
+	$(BUILD) matrix --format github $(FILTERS)
 
 test: venv
 	$(BIN)/python -m pytest tests/unit tests/integration

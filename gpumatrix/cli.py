@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from . import report
 from .cells import Expansion, expand
 from .errors import UsageError, WorkFailed
 from .matrix import load_matrix
-from .project import Project
+from .project import Project, write_atomic
 from .render import content_digest, content_tag, environment, render_all, render_cell
 from .lock import lock_cells
 from .lockfile import check_all
@@ -77,6 +78,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show the torch-stage build output")
     _add_overrides(p)
     p.set_defaults(run=cmd_lock)
+
+    p = sub.add_parser("push", help="push tested images (every tag) to a registry, verify digests, write the catalog")
+    _add_filters(p)
+    p.add_argument("--registry", help="registry/namespace to push to, e.g. ghcr.io/acme (default: the matrix's)")
+    p.add_argument("--attempts", type=_positive, default=3, help="tries per tag on transient failures (default 3)")
+    p.add_argument("--catalog", type=Path, default=None, help="catalog directory (default out/catalog)")
+    p.set_defaults(run=cmd_push)
+
+    p = sub.add_parser("catalog", help="merge catalogs of pushed images (e.g. CI artifacts) into out/catalog")
+    p.add_argument("parts", nargs="+", type=Path, help="catalog directories or images.json files to merge")
+    p.add_argument("--catalog", type=Path, default=None, help="catalog directory (default out/catalog)")
+    p.set_defaults(run=cmd_catalog)
+
+    p = sub.add_parser("matrix", help="the cells as a CI matrix (GitHub Actions strategy.matrix JSON)")
+    _add_filters(p)
+    p.add_argument("--format", choices=("github",), default="github")
+    p.set_defaults(run=cmd_matrix)
+
+    p = sub.add_parser("bake", help="write docker-bake.json: one BuildKit target per cell and a group of all")
+    _add_filters(p)
+    _add_overrides(p)
+    p.add_argument("--registry", help="registry/namespace for the tags (default: the matrix's)")
+    p.add_argument("--output", type=Path, default=None, help="the bake file (default docker-bake.json)")
+    p.set_defaults(run=cmd_bake)
     return top
 
 
@@ -184,6 +209,80 @@ def cmd_lock(args) -> int:
     failed = [r.cell for r in results if r.error]
     if failed:
         raise WorkFailed(f"{len(failed)} of {len(results)} locks failed: {', '.join(failed)}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from . import engine, push
+
+    project, expansion = load(args.matrix)
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    registry = args.registry or expansion.matrix.registry
+    creds = push.Credentials.from_env()
+    scrub = push.Scrubber()
+    if creds:
+        scrub.add(creds.password, creds.username)
+    settings = push.RetrySettings(attempts=args.attempts)
+    client = engine.connect()
+    requests = push.plan(project, client, cells, registry, expansion.matrix.image)
+    catalog_dir = args.catalog or project.out / "catalog"
+    if creds:
+        try:
+            push.login(client, registry, creds, scrub, settings)
+        except push.PushError as exc:
+            push.update_catalog(catalog_dir, requests, [push.PushOutcome(r.cell.name, "failed", r.repository, list(r.tags))
+                                                        for r in requests])
+            raise WorkFailed(scrub(str(exc))) from None
+        report.info(f"logged in to {push.registry_host(registry)} as {creds.username} (REGISTRY_USER)")
+    outcomes = push.push_all(client, requests, settings, lambda cell, line: report.info(scrub(f"{cell}: {line}")), scrub)
+    push.update_catalog(catalog_dir, requests, outcomes)
+    for o in outcomes:
+        if o.status == "pushed":
+            report.info(f"{o.cell}: pushed {len(o.tags)} tag(s) in {o.duration:.1f}s: {o.reference}")
+        else:
+            report.problem(f"{o.cell}: {o.error}")
+    report.info(f"catalog: {catalog_dir / 'images.json'}, {catalog_dir / 'images.md'}")
+    failed = [o.cell for o in outcomes if o.status != "pushed"]
+    if failed:
+        raise WorkFailed(f"{len(failed)} of {len(outcomes)} pushes failed: {', '.join(failed)}")
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from . import push
+
+    project = Project(args.matrix)
+    catalog_dir = args.catalog or project.out / "catalog"
+    missing = [str(p) for p in args.parts if not (p if p.is_dir() else p.parent).joinpath("images.json").is_file()]
+    if missing:
+        raise UsageError(f"no images.json in: {', '.join(missing)}")
+    entries = push.merge_catalogs(catalog_dir, args.parts)
+    report.info(f"catalog: {len(entries)} images in {catalog_dir / 'images.json'}, {catalog_dir / 'images.md'}")
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from .fanout import github_matrix
+
+    _, expansion = load(args.matrix)
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    sys.stdout.write(json.dumps(github_matrix(cells), separators=(",", ":")) + "\n")
+    return 0
+
+
+def cmd_bake(args) -> int:
+    from .fanout import bake_file, write_contexts
+
+    project, expansion = load(args.matrix)
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+    context_root = project.out / "bake"
+    data, files = bake_file(project, expansion.matrix.image, cells, overrides, args.registry, context_root)
+    output = args.output or project.root / "docker-bake.json"
+    write_contexts(files, context_root)
+    write_atomic(output, json.dumps(data, indent=2) + "\n")
+    report.info(f"wrote {output} ({len(cells)} targets, group `all`) and build contexts under {context_root}")
+    report.info(f"build the matrix: docker buildx bake -f {output} all")
     return 0
 
 
