@@ -79,6 +79,23 @@ def parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(run=cmd_lock)
 
+    p = sub.add_parser("test", help="run the image checks (tests/image) on one cell's image, or every match with --all")
+    _add_filters(p)
+    p.add_argument("--all", action="store_true", help="test every cell that matches the filters")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", dest="gpu", action="store_const", const=True, default=None,
+                     help="give the container the GPUs and fail (never skip) the GPU checks without one")
+    gpu.add_argument("--no-gpu", dest="gpu", action="store_const", const=False,
+                     help="no GPUs, skip the GPU checks (default: GPUs when the engine has an nvidia runtime)")
+    p.add_argument("--local", action="store_true",
+                   help="check a Python environment on this host (testinfra's local backend) instead of an image")
+    p.add_argument("--interpreter", help="with --local: that environment's Python (default: python on PATH)")
+    p.add_argument("--image", help="check this image reference instead of the cell's tag (one cell)")
+    p.add_argument("--base-image", help="the --base-image the image was built with (its labels name it)")
+    p.add_argument("--runtime-image", help="the --runtime-image the image was built with")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default out/tests)")
+    p.set_defaults(run=cmd_test)
+
     p = sub.add_parser("push", help="push tested images (every tag) to a registry, verify digests, write the catalog")
     _add_filters(p)
     p.add_argument("--registry", help="registry/namespace to push to, e.g. ghcr.io/acme (default: the matrix's)")
@@ -209,6 +226,39 @@ def cmd_lock(args) -> int:
     failed = [r.cell for r in results if r.error]
     if failed:
         raise WorkFailed(f"{len(failed)} of {len(results)} locks failed: {', '.join(failed)}")
+    return 0
+
+
+def cmd_test(args) -> int:
+    from . import imagetest
+
+    project, expansion = load(args.matrix)
+    filters = Filters(args.cuda, args.python, args.torch)
+    if args.all:
+        cells = select(expansion, filters)
+    else:
+        cell, why = choose_one(expansion, filters)
+        report.info(f"testing {cell.name}: {why}")
+        cells = [cell]
+    if args.image and len(cells) != 1:
+        raise UsageError(f"--image names one image, but {len(cells)} cells match: narrow the filters to one cell")
+    if args.interpreter and not args.local:
+        raise UsageError("--interpreter goes with --local (the image's own Python is checked otherwise)")
+    if args.local and args.image:
+        raise UsageError("--local checks this host's environment, --image a container: pick one")
+    options = imagetest.Options(gpu=args.gpu, local=args.local, interpreter=args.interpreter, image=args.image,
+                                base_image=args.base_image, runtime_image=args.runtime_image, out=args.out)
+    results = imagetest.run_cells(project, expansion.matrix.image, cells, options, report.info)
+    for r in results:
+        c = r.counts
+        report.info(f"{r.cell}: {'passed' if r.passed else 'FAILED'} ({c.get('passed', 0)} passed, "
+                    f"{c.get('failed', 0) + c.get('error', 0)} failed, {c.get('skipped', 0)} skipped); "
+                    f"{r.junit}, {r.summary}")
+        for f in r.failures:
+            report.problem(f"{r.cell}: {f['check']}: {f['message'].splitlines()[0]}")
+    failed = [r.cell for r in results if not r.passed]
+    if failed:
+        raise WorkFailed(f"{len(failed)} of {len(results)} cells failed the image checks: {', '.join(failed)}")
     return 0
 
 

@@ -197,11 +197,16 @@ class LoopbackIndex:
         return f"http://127.0.0.1:{self._server.server_address[1]}/simple"
 
     def fill(self, requirements: list[str], python_version: str = "3.11",
-             log: Log = print) -> None:
-        """Download wheels (and dependencies) for a Linux x86_64 CPython with host pip."""
+             log: Log = print, local_version: dict[str, str] | None = None) -> None:
+        """Download wheels (and dependencies) for a Linux x86_64 CPython with host pip.
+
+        local_version={"torch": "cu130"} relabels those projects' wheels that carry no local
+        version (PyPI's CUDA build says 2.14.1) as the PyTorch index publishes them (2.14.1+cu130).
+        """
         marker = self.root / f".filled-{self._fill_key(requirements, python_version)}"
         if marker.exists():
             log(f"index {self.root}: wheels for {' '.join(requirements)} already there")
+            self._relabel(local_version or {}, log)
             return
         self.files_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -217,6 +222,32 @@ class LoopbackIndex:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
             raise StandinError(f"pip download failed:\n{tail}")
         marker.touch()
+        self._relabel(local_version or {}, log)
+
+    def _relabel(self, local_version: dict[str, str], log: Log) -> None:
+        """Give wheels of the named projects a local version (`wheel pack --local-version`), once.
+
+        `wheel pack` renames the .dist-info directory, rewrites Version: in METADATA and regenerates
+        RECORD; the relabelled wheel replaces the original in files/, so reruns find it and do nothing.
+        """
+        wanted = {canonicalize_name(k): v for k, v in local_version.items()}
+        for wheel in sorted(self.files_dir.glob("*.whl")):
+            name, version, _, _ = parse_wheel_filename(wheel.name)
+            local = wanted.get(canonicalize_name(name))
+            if local is None or version.local is not None:
+                continue
+            log(f"index {self.root}: relabelling {wheel.name} as {version}+{local} (about a minute)")
+            with tempfile.TemporaryDirectory(dir=self.root, prefix=".relabel-") as tmp:
+                for cmd in (["unpack", "--dest", f"{tmp}/unpacked", str(wheel)],
+                            ["pack", "--dest-dir", f"{tmp}/packed", "--local-version", local,
+                             f"{tmp}/unpacked/{wheel.name.split('-')[0]}-{version}"]):
+                    pathlib.Path(f"{tmp}/packed").mkdir(exist_ok=True)
+                    result = subprocess.run([sys.executable, "-m", "wheel", *cmd], capture_output=True, text=True)
+                    if result.returncode != 0:
+                        raise StandinError(f"wheel {cmd[0]} of {wheel.name} failed:\n{result.stderr[-2000:]}")
+                (packed,) = pathlib.Path(f"{tmp}/packed").glob("*.whl")
+                os.replace(packed, self.files_dir / packed.name)
+            wheel.unlink()
 
     @staticmethod
     def _fill_key(requirements: list[str], python_version: str) -> str:

@@ -1,0 +1,386 @@
+"""The test step: run the image suite (tests/image, pytest-testinfra) against each cell's image.
+
+Per cell: write what the image's name promises (an expectations JSON), start a container of the image through
+the docker SDK (entrypoint overridden, `sleep infinity`, GPUs when asked), run the suite with testinfra's docker
+backend, and remove the container whatever happens (failure, Ctrl-C, SIGTERM). `--local` runs the same suite
+against a Python environment on this host (testinfra's local backend) instead.
+
+Results, per cell, under out/tests/ (the push step reads the JSON):
+  <cell>.json         {"cell", "image", "image_id", "passed", "gpu", "junit", "summary", ...} (written last, atomically)
+  <cell>.xml          JUnit XML of the suite
+  <cell>.md           a short Markdown summary (for CI step summaries)
+  <cell>.expect.json  the expectations the suite ran with (rerun by hand: pytest tests/image --expect ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.types import DeviceRequest
+
+from . import engine
+from .cells import Cell
+from .errors import UsageError
+from .lockfile import pinned
+from .project import Project, write_atomic
+from .render import labels
+
+SUITE = Path(__file__).resolve().parents[1] / "tests" / "image"
+CONTAINER_LABEL = "io.gpumatrix.imagetest"
+GPU_TEST_FILE = "test_gpu"
+TORCH_STAGE_LINE = "# torch-stage: "
+HOST_PARAM = re.compile(r"\[(docker|local)://[^\]]*\]$")  # testinfra's per-host parametrisation of test ids
+# The runtime stage's ENV in templates/Dockerfile.j2 (PATH is checked for /opt/venv/bin first on its own).
+RUNTIME_ENV = {
+    "VIRTUAL_ENV": "/opt/venv",
+    "PIP_CONSTRAINT": "/opt/gpumatrix/constraints.txt",
+    "PIP_NO_CACHE_DIR": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+CUDA_ENV = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    gpu: bool | None = None  # None: GPUs when the engine has an nvidia runtime (docker) / when visible (local)
+    local: bool = False
+    interpreter: str | None = None  # --local: the environment's Python
+    image: str | None = None  # test this reference instead of the cell's tag
+    base_image: str | None = None  # the overrides the image was built with (they are in its labels)
+    runtime_image: str | None = None
+    out: Path | None = None
+    pytest_args: tuple[str, ...] = ()
+
+
+@dataclass
+class CellResult:
+    cell: str
+    mode: str
+    image: str | None
+    image_id: str | None
+    passed: bool
+    gpu: bool
+    junit: str
+    summary: str
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    pytest_exit: int | None = None
+    duration_s: float = 0.0
+
+    def record(self) -> dict:
+        return {
+            "cell": self.cell, "image": self.image, "image_id": self.image_id, "passed": self.passed,
+            "gpu": self.gpu, "junit": self.junit, "summary": self.summary, "mode": self.mode,
+            "counts": self.counts, "failures": self.failures, "pytest_exit": self.pytest_exit,
+            "duration_s": round(self.duration_s, 1),
+        }
+
+
+# --- what the name promises -------------------------------------------------
+
+
+def lock_parts(lock_text: str | None) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """(torch-stage {name: version} from the lock header, pinned requirements {name: version}); Nones without lock."""
+    if lock_text is None:
+        return None, None
+    stage = {}
+    for line in lock_text.splitlines():
+        if line.startswith(TORCH_STAGE_LINE):
+            name, _, version = line[len(TORCH_STAGE_LINE):].strip().partition("==")
+            stage[name] = version
+    return stage, pinned(lock_text)
+
+
+def expected_labels(cell: Cell, image_name: str, lock: bytes | None, options: Options) -> dict[str, str]:
+    """render.labels with the build arguments resolved the way images.prepare/engine.build_args_for set them."""
+    values = {
+        "${LOCK_SHA256}": hashlib.sha256(lock).hexdigest() if lock is not None else "none",
+        "${BASE_IMAGE}": options.base_image or cell.base_image,
+        "${RUNTIME_IMAGE}": options.runtime_image or cell.runtime_image,
+    }
+    return {key: values.get(value, value) for key, value in labels(cell, image_name)}
+
+
+def expected_require_cuda(client, cell: Cell, options: Options) -> tuple[bool, str | None, str]:
+    """(known, NVIDIA_REQUIRE_CUDA the image must carry, why). The template keeps the runtime base's own value."""
+    runtime = options.runtime_image or cell.runtime_image
+    base_env = None
+    if client is not None:
+        try:
+            base_env = dict(e.split("=", 1) for e in client.images.get(runtime).attrs["Config"].get("Env") or [])
+        except (ImageNotFound, APIError):
+            base_env = None
+    if base_env is not None and base_env.get("NVIDIA_REQUIRE_CUDA"):
+        return True, base_env["NVIDIA_REQUIRE_CUDA"], f"the runtime base {runtime} sets it"
+    if not cell.is_cuda:
+        return True, None, "CPU cell: not set"
+    if base_env is None:
+        return False, None, f"the runtime base {runtime} is not on the engine: its own value is unknown"
+    return True, f"cuda>={cell.require_cuda}", "rendered default (the runtime base sets none)"
+
+
+def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Options, *, mode: str,
+                 inspect: dict | None, require_cuda: tuple[bool, str | None, str], gpu: bool | None,
+                 python_exe: str) -> dict:
+    lock_text = lock.decode() if lock is not None else None
+    stage, locked = lock_parts(lock_text)
+    known, value, why = require_cuda
+    return {
+        "cell": cell.name,
+        "mode": mode,
+        "image": options.image or cell.tags[0] if mode == "docker" else None,
+        "python_exe": python_exe,
+        "python": cell.python,
+        "torch_pin": cell.torch_pin,
+        "variant": cell.variant,
+        "companions": dict(cell.companions),
+        "cuda": cell.variant_cuda,
+        "archs": list(cell.archs),
+        "torch_stage": stage,
+        "locked": locked,
+        "lock_text": lock_text,
+        "labels": expected_labels(cell, image_name, lock, options),
+        "nvidia_require_cuda": value,
+        "nvidia_require_cuda_known": known,
+        "nvidia_require_cuda_why": why,
+        "env": {**RUNTIME_ENV, **(CUDA_ENV if cell.is_cuda else {})},
+        "inspect": inspect,
+        "gpu": gpu,
+    }
+
+
+# --- running the suite ----------------------------------------------------------
+
+
+def engine_has_gpu(client) -> bool:
+    """GPUs go to the container when the engine has the NVIDIA runtime (nvidia-container-toolkit)."""
+    try:
+        return "nvidia" in (client.info().get("Runtimes") or {})
+    except (APIError, DockerException):
+        return False
+
+
+def pytest_command(hosts: str, expect_path: Path, junit_path: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", str(SUITE), f"--hosts={hosts}", "--expect", str(expect_path),
+        f"--junitxml={junit_path}", "-o", "junit_suite_name=gpumatrix-image", "-p", "no:cacheprovider",
+        "-q", "-rfEs", "--tb=short", "--color=no", *extra,
+    ]
+
+
+def run_suite(hosts: str, expect_path: Path, junit_path: Path, extra: tuple[str, ...] = ()) -> int:
+    """pytest in a child process (its own testinfra and conftest state); output goes to our stdout."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(pytest_command(hosts, expect_path, junit_path, extra), env=env).returncode
+
+
+@contextmanager
+def container_for(client, image: str, cell: Cell, gpu: bool):
+    """A running container of `image` for testinfra's docker backend; always removed on the way out."""
+    container = None
+    try:
+        container = client.containers.run(
+            image, ["sleep", "infinity"], entrypoint=[], detach=True, network_mode="none",
+            name=f"gpumatrix-test-{cell.name}-{uuid.uuid4().hex[:8]}".replace("+", "_"),
+            labels={CONTAINER_LABEL: cell.name},
+            device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None,
+        )
+        yield container
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except (APIError, DockerException):
+                pass
+
+
+# --- results ------------------------------------------------------------------
+
+
+def parse_junit(path: Path) -> list[dict]:
+    """[{"name", "file", "outcome" (passed|failed|error|skipped), "message"}] from pytest's JUnit XML."""
+    root = ET.parse(path).getroot()
+    cases = []
+    for case in root.iter("testcase"):
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                message = child.get("message") or (child.text or "").strip()
+                break
+        cases.append({"name": HOST_PARAM.sub("", case.get("name") or ""), "file": (case.get("classname") or "").rsplit(".", 1)[-1],
+                      "outcome": outcome, "message": _clean(message)})
+    return cases
+
+
+def _clean(message: str) -> str:
+    text = message.removeprefix("AssertionError: ").removeprefix("Failed: ").removeprefix("Skipped: ")
+    text = re.sub(r"\n?\[\+\d+ more lines; full report in element text\]$", "", text.strip())
+    first = text.split("\nassert ")[0].strip()
+    return first[:1500]
+
+
+def counts_of(cases: list[dict]) -> dict[str, int]:
+    out = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    for case in cases:
+        out[case["outcome"]] += 1
+    return out
+
+
+def summary_markdown(result: CellResult, cases: list[dict]) -> str:
+    c = result.counts
+    verdict = "passed" if result.passed else "FAILED"
+    target = f"`{result.image}` (`{(result.image_id or '')[:19]}`)" if result.image else "the local environment"
+    lines = [
+        f"### Image checks: {result.cell} {verdict}",
+        "",
+        f"{target}; GPU checks {'ran' if result.gpu else 'did not run'}; "
+        f"{c.get('passed', 0)} passed, {c.get('failed', 0) + c.get('error', 0)} failed, "
+        f"{c.get('skipped', 0)} skipped in {result.duration_s:.0f}s.",
+    ]
+    if result.pytest_exit not in (0, 1):
+        lines += ["", f"pytest exited with code {result.pytest_exit}: the suite did not run to the end."]
+    shown = [case for case in cases if case["outcome"] != "passed"]
+    if shown:
+        lines += ["", "| check | result | detail |", "|---|---|---|"]
+        for case in shown:
+            detail = case["message"].replace("|", "\\|").replace("\n", " ")[:400]
+            lines.append(f"| {case['file']}::{case['name']} | {case['outcome']} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fallback_junit(reason: str) -> str:
+    suite = ET.Element("testsuite", name="gpumatrix-image", tests="1", errors="1", failures="0", skipped="0")
+    case = ET.SubElement(suite, "testcase", classname="gpumatrix.imagetest", name="suite")
+    ET.SubElement(case, "error", message=reason).text = reason
+    return ET.tostring(ET.Element("testsuites"), encoding="unicode").replace(
+        "<testsuites />", "<testsuites>" + ET.tostring(suite, encoding="unicode") + "</testsuites>")
+
+
+# --- the step -------------------------------------------------------------------
+
+
+def run_cells(project: Project, image_name: str, cells: list[Cell], options: Options, log: Log) -> list[CellResult]:
+    """Check every cell's image (or the local environment); refuses missing images before testing anything."""
+    out = options.out or project.out / "tests"
+    locks = {cell.name: _lock_bytes(project, cell) for cell in cells}
+    if options.local:
+        python_exe = _local_python(options.interpreter)
+        client = _optional_client()
+        return [_run_cell(project, image_name, cell, locks[cell.name], options, out, log, client=client,
+                          image=None, python_exe=python_exe) for cell in cells]
+    if shutil.which("docker") is None:
+        raise UsageError("testinfra's docker backend runs `docker exec`: install the docker CLI (docker.io), "
+                         "or check an environment on this host with --local")
+    client = engine.connect()
+    refs = {cell.name: options.image or cell.tags[0] for cell in cells}
+    images = {}
+    missing = []
+    for cell in cells:
+        try:
+            images[cell.name] = client.images.get(refs[cell.name])
+        except ImageNotFound:
+            missing.append(f"{cell.name}: no image {refs[cell.name]} on the engine; build it first "
+                           f"(make image CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch})")
+    if missing:
+        raise UsageError("\n".join(missing))
+    return [_run_cell(project, image_name, cell, locks[cell.name], options, out, log, client=client,
+                      image=images[cell.name], python_exe="python") for cell in cells]
+
+
+def _run_cell(project, image_name, cell, lock, options, out: Path, log: Log, *, client, image, python_exe) -> CellResult:
+    started = time.monotonic()
+    mode = "local" if image is None else "docker"
+    gpu = options.gpu if options.gpu is not None or mode == "local" else engine_has_gpu(client)
+    expect = expectations(
+        cell, image_name, lock, options, mode=mode, inspect=image.attrs if image is not None else None,
+        require_cuda=expected_require_cuda(client, cell, options), gpu=gpu, python_exe=python_exe,
+    )
+    paths = {k: out / f"{cell.name}{k}" for k in (".json", ".xml", ".md", ".expect.json")}
+    write_atomic(paths[".expect.json"], json.dumps(expect, indent=2) + "\n")
+    partial = out / f".{cell.name}.xml.partial"
+    partial.unlink(missing_ok=True)
+    # Ctrl-C, and SIGTERM (cli.main raises it as an interrupt), unwind through container_for's finally.
+    if image is None:
+        log(f"{cell.name}: checking the local environment ({python_exe})")
+        code = run_suite("local://", paths[".expect.json"], partial, options.pytest_args)
+    else:
+        log(f"{cell.name}: checking {expect['image']} ({image.id[7:19]}), GPU checks "
+            f"{'required' if gpu else 'off (--gpu forces them)' if gpu is False else 'when visible'}")
+        with container_for(client, image.id, cell, bool(gpu)) as container:
+            code = run_suite(f"docker://{container.id}", paths[".expect.json"], partial, options.pytest_args)
+    if partial.is_file():
+        os.replace(partial, paths[".xml"])
+    else:
+        write_atomic(paths[".xml"], _fallback_junit(f"pytest exited with code {code} before writing results"))
+    cases = parse_junit(paths[".xml"])
+    counts = counts_of(cases)
+    gpu_ran = any(c["file"] == GPU_TEST_FILE and c["outcome"] != "skipped" for c in cases)
+    result = CellResult(
+        cell=cell.name, mode=mode, image=expect["image"], image_id=image.id if image is not None else None,
+        passed=code == 0 and counts["failed"] == 0 and counts["error"] == 0, gpu=gpu_ran,
+        junit=_display(paths[".xml"], project), summary=_display(paths[".md"], project), counts=counts,
+        failures=[{"check": f"{c['file']}::{c['name']}", "message": c["message"]} for c in cases
+                  if c["outcome"] in ("failed", "error")],
+        pytest_exit=code, duration_s=time.monotonic() - started,
+    )
+    write_atomic(paths[".md"], summary_markdown(result, cases))
+    write_atomic(paths[".json"], json.dumps(result.record(), indent=2) + "\n")
+    return result
+
+
+def result_path(project: Project, cell_name: str, out: Path | None = None) -> Path:
+    return (out or project.out / "tests") / f"{cell_name}.json"
+
+
+def _display(path: Path, project: Project) -> str:
+    """Paths in the results are relative to the project root when they lie under it (out/tests/<cell>.xml)."""
+    try:
+        return str(path.resolve().relative_to(project.root))
+    except ValueError:
+        return str(path)
+
+
+def _lock_bytes(project: Project, cell: Cell) -> bytes | None:
+    if not cell.layers:
+        return None
+    path = project.lock(cell.name)
+    if not path.is_file():
+        raise UsageError(f"{cell.name}: {path.relative_to(project.root)} is missing: the checks compare the image "
+                         "with its lock; run `make lock`")
+    return path.read_bytes()
+
+
+def _local_python(interpreter: str | None) -> str:
+    found = shutil.which(interpreter) if interpreter else (shutil.which("python") or shutil.which("python3"))
+    if not found:
+        raise UsageError(f"--local: no Python {interpreter or 'on PATH'}; name the environment's with --interpreter PATH")
+    return found
+
+
+def _optional_client():
+    """--local needs no engine; with one, the runtime base's NVIDIA_REQUIRE_CUDA can still be looked up."""
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        return client
+    except DockerException:
+        return None
