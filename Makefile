@@ -43,6 +43,14 @@ lock: venv
 lock-check: venv
 	$(BUILD) lock --check $(FILTERS)
 
+.PHONY: test-image
+# The image checks (tests/image) on the cell's image: GPU=1 / GPU=0 force the GPU checks on or off (default: on when
+# the engine has an nvidia runtime), LOCAL=1 checks this host's Python instead, ALL=1 every matching cell.
+test-image: venv
+	$(BUILD) test $(FILTERS) $(if $(ALL),--all) $(if $(filter 1,$(GPU)),--gpu) $(if $(filter 0,$(GPU)),--no-gpu) \
+		$(if $(LOCAL),--local) $(if $(IMAGE),--image $(IMAGE)) \
+		$(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE),--runtime-image $(RUNTIME_IMAGE))
+
 push: venv
 	$(BUILD) push $(FILTERS) $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(ATTEMPTS),--attempts $(ATTEMPTS))
 
