@@ -11,7 +11,7 @@ OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE
 	$(if $(INDEX_URL),--index-url $(INDEX_URL)) $(if $(NETWORK),--network $(NETWORK))
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)
 
-.PHONY: venv render check list image images lock lock-check test unit integration demo clean
+.PHONY: venv render check list image images lock lock-check test unit integration demo bench clean
 .PHONY: push bake matrix
 
 venv: $(BIN)/.installed
@@ -74,3 +74,6 @@ demo: venv
 
 clean:
 	rm -rf out .pytest_cache
+
+bench: venv
+	$(BIN)/python bench/bench.py

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import report
@@ -343,16 +345,29 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: `finally` blocks remove containers, temp files never replace real ones."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
     try:
         args = parser().parse_args(argv)
         return args.run(args)
     except (UsageError, WorkFailed) as exc:
         report.problem(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        report.problem("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        report.problem("terminated" if isinstance(exc, Terminated) else "interrupted")
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from . import engine
 from .cells import Cell
 from .engine import BuildOutcome, BuildRequest, Listener
 from .lockfile import verified_lock
+from .parallel import run_parallel
 from .project import Project, write_atomic
 from .render import content_digest, content_tag, environment, render_cell
 
@@ -110,12 +110,8 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
     if jobs > 1:
         for stage in shared_base_stages([r for r in todo if not r.nocache]):
             engine.build(client, stage, _quiet)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [
-            item if isinstance(item, BuildOutcome) else pool.submit(engine.build, engine.connect(), item, listener)
-            for item in pending
-        ]
-        return [f if isinstance(f, BuildOutcome) else f.result() for f in futures]
+    built = iter(run_parallel(lambda req: engine.build(engine.connect(), req, listener), todo, jobs))
+    return [item if isinstance(item, BuildOutcome) else next(built) for item in pending]
 
 
 def _quiet(cell: str, step, line) -> None:

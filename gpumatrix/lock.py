@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import shlex
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import engine, images
 from .cells import Cell
 from .errors import WorkFailed
+from .parallel import run_parallel
 from .lockfile import PIP_TOOLS_VERSION, REQ_LINE, input_files, inputs_digest, problems
 from .project import Project, write_atomic
 
+CONTAINER_LABEL = "io.gpumatrix.role"  # on every container gpumatrix starts, so none can be left behind unseen
+OWNER_LABEL = "io.gpumatrix.pid"
 TOOLS = "/tmp/gpumatrix-tools"
 WORK = "/tmp/gpumatrix-lock"
 
@@ -42,7 +47,7 @@ def compile_lock(client, project: Project, job: LockJob) -> str:
         _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
         body = _read_file(container, f"{WORK}/lock.txt")
     finally:
-        container.remove(force=True)
+        _remove(container)
     return _with_header(project, job.cell, body, torch_stage)
 
 
@@ -57,13 +62,38 @@ def tools_image(client, job: LockJob) -> str:
         _exec(container, _install_tools_script(job.cell), "install pip-tools")
         container.commit(repository="gpumatrix-locktools", tag=key)
     finally:
-        container.remove(force=True)
+        _remove(container)
     return tag
 
 
+_cancelled = threading.Event()  # set on Ctrl-C or SIGTERM: no new lock container may start
+
+
 def _start(client, image: str, network: str | None):
-    return client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode=network or "default",
-                                 entrypoint=[])
+    container = client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode=network or "default",
+                                      entrypoint=[], labels={CONTAINER_LABEL: "lock", OWNER_LABEL: str(os.getpid())})
+    if _cancelled.is_set():
+        _remove(container)
+        raise WorkFailed("cancelled")
+    return container
+
+
+def _remove(container) -> None:
+    container.remove(force=True)
+
+
+def remove_live(sweeps: int = 3) -> None:
+    """Remove every lock container of this process, again a little later for one a worker was still creating."""
+    _cancelled.set()
+    client = engine.connect()
+    for sweep in range(sweeps):
+        for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={os.getpid()}"}):
+            try:
+                _remove(container)
+            except Exception:  # already gone: the worker's own cleanup won
+                pass
+        if sweep < sweeps - 1:
+            time.sleep(0.5)
 
 
 def _inputs_tar(project: Project, cell: Cell) -> bytes:
@@ -172,5 +202,4 @@ def lock_cells(project: Project, image: str, cells: list[Cell], overrides: image
         except WorkFailed as exc:
             return LockResult(req.cell.name, error=str(exc))
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, requests, built))
+    return run_parallel(lambda pair: one(*pair), list(zip(requests, built)), jobs, on_cancel=remove_live)
