@@ -143,6 +143,9 @@ def test_lock_change_rebuilds_only_app_and_runtime(project, stand_ins):
     assert early and all(s["cached"] for s in early), [s["instruction"][:40] for s in early if not s["cached"]]
     app = [s for s in steps if s["stage"] == "app" and s["instruction"].startswith(("RUN", "COPY"))]
     assert app and not any(s["cached"] for s in app)
+    # The runtime stage's copy of the torch environment (the bulk of the image) is not copied again.
+    torch_copy = [s for s in steps if s["stage"] == "runtime" and s["instruction"].startswith("COPY --from=torch")]
+    assert torch_copy and torch_copy[0]["cached"]
 
 
 def test_hand_edited_torch_in_the_lock_is_refused_before_building(project, stand_ins):
