@@ -294,11 +294,11 @@ def _push_tag(client, req: PushRequest, tag: str, settings: RetrySettings, liste
             stream = client.api.push(req.repository, tag=tag, stream=True, decode=True)
         except (DockerException, RequestException) as exc:
             raise classify(f"the engine refused the push: {_explain(exc)}") from None
-        pushed = read_push_stream(stream, lambda line: listener(req.cell.name, f"{ref}: {line}"))
+        pushed = read_push_stream(stream, lambda line: listener(req.cell.name, f"tag {tag}: {line}"))
         found = registry_digest(client, ref)
         if found != pushed:
             raise PushError(f"{ref}: the registry holds manifest {found}, the push reported {pushed}")
-        listener(req.cell.name, f"{ref}: {pushed} (read back from the registry)")
+        listener(req.cell.name, f"tag {tag}: {pushed} (read back from the registry)")
         return pushed
 
     return _retrying(settings, before_sleep)(once)
@@ -306,7 +306,7 @@ def _push_tag(client, req: PushRequest, tag: str, settings: RetrySettings, liste
 
 def read_push_stream(stream, progress: Callable[[str], None] = lambda line: None) -> str:
     """Read every chunk; an `error` chunk raises (classified); returns the manifest digest the engine reported."""
-    digest, layers, done = None, set(), set()
+    digest, layers, done, countdown = None, set(), set(), {}
     try:
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
@@ -322,8 +322,11 @@ def read_push_stream(stream, progress: Callable[[str], None] = lambda line: None
                 if layer not in done:
                     done.add(layer)
                     progress(f"{len(done)}/{len(layers)} layers ({status.lower()}: {layer})")
-            elif layer and status.startswith("Retrying"):
-                progress(f"layer {layer}: {status.lower()}")
+            elif layer and status.startswith("Retrying"):  # the engine's own retry counts down once a second
+                seconds = int(re.sub(r"\D", "", status) or 0)
+                if seconds >= countdown.get(layer, 0):
+                    progress(f"layer {layer}: the engine is {status.lower()}")
+                countdown[layer] = seconds
     except (DockerException, RequestException) as exc:
         raise classify(f"the engine stopped answering: {_explain(exc)}") from None
     if digest is None:

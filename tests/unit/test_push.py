@@ -91,6 +91,15 @@ def test_classify(message, kind):
     assert type(push.classify(message)) is kind
 
 
+def test_the_engines_own_retry_countdown_is_reported_once_per_round():
+    chunks = [{"status": "Preparing", "id": "l1"}]
+    for start in (5, 10):
+        chunks += [{"status": f"Retrying in {n} second{'s' if n > 1 else ''}", "id": "l1"} for n in range(start, 0, -1)]
+    seen = []
+    push.read_push_stream(iter(chunks + ok_stream()[-1:]), seen.append)
+    assert seen == ["layer l1: the engine is retrying in 5 seconds", "layer l1: the engine is retrying in 10 seconds"]
+
+
 def test_an_error_chunk_is_a_failure_even_after_progress():
     with pytest.raises(AuthError, match="no basic auth credentials"):
         push.read_push_stream(iter(error_stream("no basic auth credentials")))

@@ -1,0 +1,352 @@
+"""Push against a real registry: Debian's docker-registry (distribution v2) on a loopback port, once with htpasswd.
+
+The CPU cell is locked and built through build.py against the stand-ins (as in test_build.py), under a repository
+of its own so that other tests retagging the shipped repository cannot move it. What was pushed is read back with
+skopeo (an independent client) and pulled by digest. Tests in this module run in order and share one project.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = "cpu-py3.11-torch2.13.0"
+OWN_REGISTRY = "gpumatrix.test/push"  # the matrix's registry in this module's project copy
+LOCAL_REPO = f"{OWN_REGISTRY}/gpu-images"
+USER, PASSWORD = "ci-bot", "Tr0ub4dor&3-secret-XYZ"
+
+
+def need(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        reason = f"{tool} not found: apt-get install {package}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """docker-registry serving `storage` on 127.0.0.1:<free port>; htpasswd authentication when users are given."""
+
+    def __init__(self, workdir: Path, storage: Path, users: dict[str, str] | None = None):
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.storage = storage
+        self.log = workdir / f"registry-{self.port}.log"
+        config = [
+            "version: 0.1",
+            "log: {level: info}",
+            f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}",
+            f"http: {{addr: {self.addr}, secret: test-only-secret}}",
+        ]
+        if users:
+            htpasswd = workdir / f"htpasswd-{self.port}"
+            for i, (user, password) in enumerate(users.items()):
+                flags = "-Bbc" if i == 0 else "-Bb"
+                subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
+            config.append(f"auth: {{htpasswd: {{realm: gpumatrix-test, path: {htpasswd}}}}}")
+        self.config = workdir / f"registry-{self.port}.yml"
+        self.config.write_text("\n".join(config) + "\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)],
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://{self.addr}/v2/", timeout=1).status_code in (200, 401):
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"docker-registry did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def uploads_started(self) -> bool:
+        uploads = self.storage / "docker" / "registry" / "v2" / "repositories" / "gpu-images" / "_uploads"
+        return uploads.is_dir() and any(uploads.iterdir())
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory, docker_client):
+    need("docker-registry", "docker-registry")
+    need("skopeo", "skopeo")
+    need("htpasswd", "apache2-utils")
+    workdir = tmp_path_factory.mktemp("registries")
+    started: list[Registry] = []
+
+    def start(users: dict[str, str] | None = None, storage: Path | None = None) -> Registry:
+        reg = Registry(workdir, storage or workdir / f"storage-{len(started)}", users)
+        started.append(reg)
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+        # The pushes tagged the cell's image under each registry: take those tags off the engine again.
+        for image in docker_client.images.list(name=f"{reg.addr}/gpu-images"):
+            for tag in image.tags:
+                if tag.startswith(f"{reg.addr}/"):
+                    docker_client.images.remove(tag)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("push-project")
+    for name in ("templates", "requirements", "locks"):
+        shutil.copytree(REPO / name, root / name)
+    if (REPO / "tests" / "image").is_dir():
+        shutil.copytree(REPO / "tests" / "image", root / "tests" / "image")
+    text = (REPO / "matrix.yaml").read_text()
+    assert "registry: ghcr.io/acme\n" in text
+    (root / "matrix.yaml").write_text(text.replace("registry: ghcr.io/acme\n", f"registry: {OWN_REGISTRY}\n"))
+    return root
+
+
+def cli(project: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USER", "REGISTRY_PASSWORD")}
+    return subprocess.run(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
+        capture_output=True, text=True, timeout=timeout, env={**environ, **(env or {})}, cwd=project,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(project, standin_base, torch_index, docker_client) -> str:
+    """The CPU cell locked and built through build.py; returns the image id."""
+    stand_ins = ["--base-image", standin_base, "--runtime-image", standin_base,
+                 "--index-url", torch_index.url, "--network", "host"]
+    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    return docker_client.images.get(f"{LOCAL_REPO}:{CELL}").id
+
+
+def record_path(project: Path) -> Path:
+    return project / "out" / "tests" / f"{CELL}.json"
+
+
+def write_record(project: Path, image_id: str, passed: bool = True) -> None:
+    """A test record as `build.py test` writes it (only for the tests about the record logic, or without it)."""
+    path = record_path(project)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cell": CELL, "image": f"{LOCAL_REPO}:{CELL}", "image_id": image_id,
+                                "passed": passed, "gpu": False, "junit": f"out/tests/{CELL}.xml",
+                                "summary": f"out/tests/{CELL}.md"}))
+
+
+def has_test_command(project: Path) -> bool:
+    return cli(project, "test", "--help", timeout=60).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tested(project, built, standin_base) -> str:
+    """The image checks passed for the built image: through `build.py test` when it exists, else a hand-made record."""
+    if has_test_command(project):
+        result = cli(project, "test", "--cuda", "cpu", "--no-gpu",
+                     "--base-image", standin_base, "--runtime-image", standin_base)
+        assert result.returncode == 0, result.stdout + result.stderr
+        record = json.loads(record_path(project).read_text())
+        assert record["passed"] is True and record["image_id"] == built
+    else:
+        write_record(project, built)
+    return built
+
+
+def catalog(project: Path) -> dict[str, dict]:
+    path = project / "out" / "catalog" / "images.json"
+    return {e["cell"]: e for e in json.loads(path.read_text())["images"]} if path.exists() else {}
+
+
+def skopeo(*args: str) -> dict:
+    result = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# ---- refusals: the record logic (records written by hand on purpose) --------------------------------------------
+
+
+def test_untested_image_is_refused_naming_the_cell_and_what_to_run(project, built, registries):
+    record_path(project).unlink(missing_ok=True)
+    reg = registries()
+    result = cli(project, "push", "--cuda", "cpu", "--registry", reg.addr)
+    assert result.returncode == 2, result.stderr
+    assert f"{CELL}: not tested" in result.stderr
+    assert "make test-image CUDA=cpu PYTHON=3.11 TORCH=2.13.0" in result.stderr
+    assert "python build.py test --cuda cpu" in result.stderr
+    assert not reg.uploads_started() and "Traceback" not in result.stderr
+
+
+def test_failed_or_stale_test_records_are_refused(project, built, registries):
+    reg = registries()
+    write_record(project, built, passed=False)
+    result = cli(project, "push", "--cuda", "cpu", "--registry", reg.addr)
+    assert result.returncode == 2 and "checks did not pass" in result.stderr and CELL in result.stderr
+    write_record(project, "sha256:" + "0" * 64)  # passed, but for an image that is not the current one
+    result = cli(project, "push", "--cuda", "cpu", "--registry", reg.addr)
+    assert result.returncode == 2 and "rebuilt since the test" in result.stderr and "make test-image" in result.stderr
+    record_path(project).unlink()
+    assert requests.get(f"http://{reg.addr}/v2/_catalog", timeout=5).json()["repositories"] == []
+
+
+# ---- the push, read back independently -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_registry(registries) -> Registry:
+    return registries()
+
+
+def test_push_every_tag_and_read_it_back_with_skopeo_and_by_digest(project, tested, plain_registry, docker_client):
+    reg = plain_registry
+    started = time.monotonic()
+    result = cli(project, "push", "--cuda", "cpu", "--registry", reg.addr)
+    print(f"push of the CPU cell: {time.monotonic() - started:.0f}s\n{result.stderr}")
+    assert result.returncode == 0, result.stderr
+    entry = catalog(project)[CELL]
+    digest = entry["digest"]
+    assert entry["reference"] == f"{reg.addr}/gpu-images@{digest}"
+    image = docker_client.images.get(tested)
+    local_tags = sorted(t.rsplit(":", 1)[1] for t in image.tags if t.startswith(f"{LOCAL_REPO}:"))
+    assert sorted(entry["tags"]) == local_tags and len(local_tags) >= 2  # <cell> and its content tag
+    # skopeo, an independent client: every tag, the same manifest digest, the image's labels.
+    listed = skopeo("list-tags", "--tls-verify=false", f"docker://{reg.addr}/gpu-images")["Tags"]
+    assert sorted(listed) == local_tags
+    for tag in local_tags:
+        info = skopeo("inspect", "--tls-verify=false", f"docker://{reg.addr}/gpu-images:{tag}")
+        assert info["Digest"] == digest
+        assert info["Labels"]["io.gpumatrix.cell"] == CELL
+        assert info["Labels"]["io.gpumatrix.torch"] == "2.13.0+cpu"
+    # The registry's own answer (manifest HEAD) agrees too.
+    head = requests.head(f"http://{reg.addr}/v2/gpu-images/manifests/{CELL}", timeout=10,
+                         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert head.headers["Docker-Content-Digest"] == digest
+    # Pull by digest: the same image.
+    pulled = docker_client.images.pull(f"{reg.addr}/gpu-images@{digest}")
+    assert pulled.id == tested
+    md = (project / "out" / "catalog" / "images.md").read_text()
+    assert f"`{reg.addr}/gpu-images@{digest}`" in md and "| CPU |" in md
+    assert entry["size"] == image.attrs["Size"] and entry["cuda"] == "cpu"
+    assert f"{CELL}: pushed {len(local_tags)} tag(s)" in result.stderr
+
+
+def test_registry_stopped_mid_push_is_a_clear_failure_and_leaves_no_catalog_entry(project, tested, registries):
+    reg = registries()  # empty storage: every layer is really uploaded
+    assert CELL in catalog(project)  # from the push before: a failed push must not keep it
+
+    def kill_when_uploading():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not reg.uploads_started():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        reg.stop()
+
+    killer = threading.Thread(target=kill_when_uploading, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    result = cli(project, "push", "--cuda", "cpu", "--registry", reg.addr, "--attempts", "2")
+    elapsed = time.monotonic() - started
+    killer.join(timeout=10)
+    print(f"push against a registry stopped mid-push failed after {elapsed:.0f}s\n{result.stderr}")
+    assert reg.proc.poll() is not None, "the registry was not stopped during the push"
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert any(line.startswith(f"error: {CELL}: push failed:") and "connection refused" in line for line in errors), errors
+    assert "retrying in" in result.stderr and "(attempt 2/2)" in result.stderr
+    assert "1 of 1 pushes failed" in result.stderr and "Traceback" not in result.stderr
+    assert CELL not in catalog(project)
+    assert CELL not in (project / "out" / "catalog" / "images.md").read_text()
+
+
+# ---- credentials ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_registry(registries, plain_registry) -> Registry:
+    """htpasswd on a copy of the plain registry's blobs without its tags: the push is real, the upload quick."""
+    storage = plain_registry.storage.parent / "storage-auth"
+    shutil.copytree(plain_registry.storage, storage)
+    shutil.rmtree(storage / "docker" / "registry" / "v2" / "repositories" / "gpu-images" / "_manifests" / "tags")
+    return registries(users={USER: PASSWORD}, storage=storage)
+
+
+def assert_no_password(project: Path, docker_client, password: str, *texts: str) -> None:
+    """Not in the output, not in out/ (reports, catalog, test records), not in the image's labels or history."""
+    for text in texts:
+        assert password not in text
+    for path in (project / "out").rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+    image = docker_client.images.get(f"{LOCAL_REPO}:{CELL}")
+    assert password not in json.dumps(image.labels) + json.dumps(image.history()) + json.dumps(image.attrs)
+
+
+def test_push_with_htpasswd_credentials_from_the_environment(project, tested, auth_registry, docker_client):
+    anonymous = requests.get(f"http://{auth_registry.addr}/v2/", timeout=5)
+    assert anonymous.status_code == 401
+    manifest = f"http://{auth_registry.addr}/v2/gpu-images/manifests/{CELL}"
+    assert requests.head(manifest, auth=(USER, PASSWORD), timeout=5).status_code == 404  # blobs only, no tags yet
+    result = cli(project, "push", "--cuda", "cpu", "--registry", auth_registry.addr,
+                 env={"REGISTRY_USER": USER, "REGISTRY_PASSWORD": PASSWORD})
+    assert result.returncode == 0, result.stderr
+    assert f"as {USER}" in result.stderr
+    digest = catalog(project)[CELL]["digest"]
+    info = skopeo("inspect", "--tls-verify=false", "--creds", f"{USER}:{PASSWORD}",
+                  f"docker://{auth_registry.addr}/gpu-images:{CELL}")
+    assert info["Digest"] == digest and info["Labels"]["io.gpumatrix.cell"] == CELL
+    assert_no_password(project, docker_client, PASSWORD, result.stdout, result.stderr)
+
+
+def test_push_with_credentials_from_the_docker_config(project, tested, auth_registry, tmp_path):
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.addr: {"auth": auth}}}))
+    result = cli(project, "push", "--cuda", "cpu", "--registry", auth_registry.addr, env={"DOCKER_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr and auth not in result.stdout + result.stderr
+    # Without any credentials the same push is an authentication failure, reported once.
+    result = cli(project, "push", "--cuda", "cpu", "--registry", auth_registry.addr,
+                 env={"DOCKER_CONFIG": str(tmp_path / "empty")})
+    assert result.returncode == 1
+    assert "authentication failed (not retried)" in result.stderr and "retrying" not in result.stderr
+    assert CELL not in catalog(project)
+
+
+def test_wrong_password_fails_clearly_without_retries_or_the_password(project, tested, auth_registry, docker_client):
+    wrong = PASSWORD[::-1] + "-wrong"
+    log_before = len(auth_registry.log.read_text())
+    started = time.monotonic()
+    result = cli(project, "push", "--cuda", "cpu", "--registry", auth_registry.addr,
+                 env={"REGISTRY_USER": USER, "REGISTRY_PASSWORD": wrong})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert f"login to {auth_registry.addr} as {USER} failed" in result.stderr
+    assert "401 Unauthorized" in result.stderr
+    assert "retrying" not in result.stderr and elapsed < 60
+    assert_no_password(project, docker_client, wrong, result.stdout, result.stderr)
+    assert_no_password(project, docker_client, PASSWORD, result.stdout, result.stderr)
+    log = auth_registry.log.read_text()[log_before:]
+    assert 1 <= log.count('"GET /v2/ HTTP/1.1" 401') <= 3, log  # one login (challenge + attempt), no retry loop
+    assert CELL not in catalog(project)
