@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import engine
 from .cells import Cell
 from .engine import BuildOutcome, BuildRequest, Listener
+from .errors import UsageError
 from .lockfile import verified_lock
 from .parallel import run_parallel
 from .project import Project, write_atomic
@@ -90,6 +94,19 @@ def shared_base_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
     ]
 
 
+def check_index(url: str, cell: Cell) -> None:
+    """The torch index must answer for torch before a build spends minutes on the base stage."""
+    probe = url.rstrip("/") + "/torch/"
+    try:
+        with urllib.request.urlopen(probe, timeout=20) as response:
+            response.read(1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        shown = re.sub(r"//[^/@]+@", "//***@", probe)  # never print credentials of an index URL
+        raise UsageError(f"{cell.name}: the torch index does not answer at {shown} ({reason}); "
+                         "check --index-url or `index_url` in matrix.yaml") from None
+
+
 def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: Listener) -> list[BuildOutcome]:
     """Check the bases first (bad ones are refused before anything builds), then build with `jobs` workers.
 
@@ -105,6 +122,7 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
             continue
         for image in dict.fromkeys(base_images(req)):
             engine.ensure_base(client, image, req.cell)
+        check_index(index_url(req), req.cell)
         pending.append(req)
     todo = [item for item in pending if isinstance(item, BuildRequest)]
     if jobs > 1:

@@ -19,9 +19,17 @@ from pathlib import Path
 
 from . import engine, images
 from .cells import Cell
-from .errors import WorkFailed
+from .errors import UsageError, WorkFailed
+from .lockfile import (
+    PIP_TOOLS_VERSION,
+    REQ_LINE,
+    input_files,
+    inputs_digest,
+    problems,
+    validate_inputs,
+    where_required,
+)
 from .parallel import run_parallel
-from .lockfile import PIP_TOOLS_VERSION, REQ_LINE, input_files, inputs_digest, problems
 from .project import Project, write_atomic
 
 CONTAINER_LABEL = "io.gpumatrix.role"  # on every container gpumatrix starts, so none can be left behind unseen
@@ -44,11 +52,28 @@ def compile_lock(client, project: Project, job: LockJob) -> str:
         container.put_archive("/", _inputs_tar(project, job.cell))
         freeze = _exec(container, "cat /opt/gpumatrix/torch-constraints.txt", "read the torch-stage freeze")
         torch_stage = [line for line in freeze.splitlines() if REQ_LINE.match(line)]
-        _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
+        _compile(container, project, job, torch_stage)
         body = _read_file(container, f"{WORK}/lock.txt")
     finally:
         _remove(container)
     return _with_header(project, job.cell, body, torch_stage)
+
+
+NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
+                       r"([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) -> None:
+    """pip-compile; a requirement that exists on no index is bad input (exit 2), naming the .in line."""
+    try:
+        _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
+    except WorkFailed as exc:
+        missing = NOT_FOUND.search(str(exc))
+        if missing is None:
+            raise
+        name = missing.group(1)
+        raise UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
+                         f"or {job.index_url} (cell {job.cell.name})") from None
 
 
 def tools_image(client, job: LockJob) -> str:
@@ -188,6 +213,8 @@ def lock_cells(project: Project, image: str, cells: list[Cell], overrides: image
                listener: engine.Listener, log) -> list[LockResult]:
     """Build each cell's torch stage (engine cache), then pip-compile in it; `jobs` cells at a time."""
     cells = [c for c in cells if c.layers]
+    for cell in cells:
+        validate_inputs(project, cell)
     requests = images.prepare(project, image, cells, overrides, target="torch")
     built = images.run_builds(requests, jobs, force=False, listener=listener)
 

@@ -6,6 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .cells import Cell
@@ -35,6 +36,39 @@ def input_files(project: Project, cell: Cell) -> list[Path]:
             if m:
                 todo.append((path.parent / m.group(2)).resolve())
     return list(seen)
+
+
+def validate_inputs(project: Project, cell: Cell) -> None:
+    """Every line of the cell's .in files is a requirement or a -r/-c include: anything else is named and refused."""
+    problems = []
+    for path in input_files(project, cell):
+        for number, raw in enumerate(path.read_text().splitlines(), start=1):
+            line = raw.split(" #", 1)[0].strip()
+            if not line or line.startswith("#") or INCLUDE_LINE.match(line):
+                continue
+            if line.startswith("-"):
+                problems.append(f"{path.relative_to(project.root)}:{number}: option {line.split()[0]!r} is not allowed "
+                                "in a layer (only -r/-c includes; indexes come from matrix.yaml)")
+                continue
+            try:
+                Requirement(line)
+            except InvalidRequirement as exc:
+                problems.append(f"{path.relative_to(project.root)}:{number}: invalid requirement {line!r}: {exc}")
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def where_required(project: Project, cell: Cell, name: str) -> str:
+    """file:line of the .in line that names `name`, for messages about a requirement."""
+    wanted = canonicalize_name(name)
+    for path in input_files(project, cell):
+        for number, raw in enumerate(path.read_text().splitlines(), start=1):
+            try:
+                if canonicalize_name(Requirement(raw.split(" #", 1)[0].strip()).name) == wanted:
+                    return f"{path.relative_to(project.root)}:{number}"
+            except InvalidRequirement:
+                continue
+    return "a dependency of the cell's layers"
 
 
 def inputs_digest(project: Project, cell: Cell) -> str:
