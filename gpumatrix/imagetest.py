@@ -44,7 +44,7 @@ SUITE = Path(__file__).resolve().parents[1] / "tests" / "image"
 CONTAINER_LABEL = "io.gpumatrix.imagetest"
 GPU_TEST_FILE = "test_gpu"
 TORCH_STAGE_LINE = "# torch-stage: "
-HOST_PARAM = re.compile(r"\[(docker|local)://[^\]]*\]$")  # testinfra's per-host parametrisation of test ids
+HOST_PARAM = re.compile(r"\[(local|(docker|local)://[^\]]*)\]$")  # testinfra's per-host parametrisation of test ids
 # The runtime stage's ENV in templates/Dockerfile.j2 (PATH is checked for /opt/venv/bin first on its own).
 RUNTIME_ENV = {
     "VIRTUAL_ENV": "/opt/venv",
