@@ -13,7 +13,6 @@ import re
 import shlex
 import tarfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,18 +106,15 @@ def _remove(container) -> None:
     container.remove(force=True)
 
 
-def remove_live(sweeps: int = 3) -> None:
-    """Remove every lock container of this process, again a little later for one a worker was still creating."""
+def remove_live() -> None:
+    """Remove every lock container of this process; a worker still creating one removes it itself (_cancelled)."""
     _cancelled.set()
     client = engine.connect()
-    for sweep in range(sweeps):
-        for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={os.getpid()}"}):
-            try:
-                _remove(container)
-            except Exception:  # already gone: the worker's own cleanup won
-                pass
-        if sweep < sweeps - 1:
-            time.sleep(0.5)
+    for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={os.getpid()}"}):
+        try:
+            _remove(container)
+        except Exception:  # already gone: the worker's own cleanup won
+            pass
 
 
 def _inputs_tar(project: Project, cell: Cell) -> bytes:
@@ -197,6 +193,8 @@ def write_lock(project: Project, cell: Cell, text: str) -> Path:
     found = [p for p in problems(project, cell, text) if "torch-stage package" in p]
     if found:
         raise WorkFailed("\n".join(found))
+    if _cancelled.is_set():
+        raise WorkFailed("cancelled: an interrupted run writes no lock")
     path = project.lock(cell.name)
     write_atomic(path, text)
     return path
@@ -229,4 +227,4 @@ def lock_cells(project: Project, image: str, cells: list[Cell], overrides: image
         except WorkFailed as exc:
             return LockResult(req.cell.name, error=str(exc))
 
-    return run_parallel(lambda pair: one(*pair), list(zip(requests, built)), jobs, on_cancel=remove_live)
+    return run_parallel(lambda pair: one(*pair), list(zip(requests, built)), jobs, on_cancel=remove_live, grace=15)

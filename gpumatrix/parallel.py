@@ -8,6 +8,7 @@ what the workers started.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -15,7 +16,15 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def run_parallel(fn: Callable[[T], R], items: Sequence[T], jobs: int, on_cancel: Callable[[], None] = lambda: None) -> list[R]:
+def run_parallel(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    jobs: int,
+    on_cancel: Callable[[], None] = lambda: None,
+    grace: float = 0.0,
+) -> list[R]:
+    """fn over items on `jobs` daemon threads. On Ctrl-C/SIGTERM: on_cancel(), up to `grace` seconds for the
+    workers to wind down (on_cancel should make them fail fast), on_cancel() once more, then re-raise."""
     results: list = [None] * len(items)
     errors: list[BaseException | None] = [None] * len(items)
     pending = list(range(len(items)))
@@ -42,6 +51,10 @@ def run_parallel(fn: Callable[[T], R], items: Sequence[T], jobs: int, on_cancel:
     except BaseException:
         with lock:
             pending.clear()
+        on_cancel()
+        deadline = time.monotonic() + grace
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         on_cancel()
         raise
     for error in errors:
