@@ -75,7 +75,7 @@ def fresh_base(client, base: str) -> str:
                                  changes=[f"LABEL io.gpumatrix.bench={time.time_ns()}"])
     finally:
         container.remove(force=True)
-    return image.id
+    return "gpumatrix-bench:base"
 
 
 def bench_builds(project: Path, overrides: list[str], make_vars: list[str]) -> tuple[float, str]:
@@ -219,7 +219,8 @@ def main() -> int:
         if not args.skip_installers:
             bench_installers(client, image_ref, index.url)
     shutil.rmtree(project, ignore_errors=True)
-    client.images.remove("gpumatrix-bench:naive", force=True)
+    for tag in ("gpumatrix-bench:naive", "gpumatrix-bench:base"):
+        client.images.remove(tag, force=True)
     print_table()
     return 0
 
