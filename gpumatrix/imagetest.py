@@ -197,12 +197,11 @@ def container_for(client, image: str, cell: Cell, gpu: bool):
     """A running container of `image` for testinfra's docker backend; always removed on the way out."""
     container = None
     try:
-        container = client.containers.run(
-            image, ["sleep", "infinity"], entrypoint=[], detach=True, network_mode="none",
-            name=f"gpumatrix-test-{cell.name}-{uuid.uuid4().hex[:8]}".replace("+", "_"),
-            labels={CONTAINER_LABEL: cell.name},
-            device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None,
-        )
+        container = _create(client, image, cell, gpu)
+        try:
+            container.start()
+        except APIError as exc:  # e.g. --gpu on an engine without the NVIDIA runtime
+            raise _cannot_start(exc, image, cell, gpu) from None
         yield container
     finally:
         if container is not None:
@@ -210,6 +209,24 @@ def container_for(client, image: str, cell: Cell, gpu: bool):
                 container.remove(force=True)
             except (APIError, DockerException):
                 pass
+
+
+def _create(client, image: str, cell: Cell, gpu: bool):
+    try:
+        return client.containers.create(
+            image, ["sleep", "infinity"], entrypoint=[], network_mode="none",
+            name=f"gpumatrix-test-{cell.name}-{uuid.uuid4().hex[:8]}".replace("+", "_"),
+            labels={CONTAINER_LABEL: cell.name},
+            device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None,
+        )
+    except APIError as exc:
+        raise _cannot_start(exc, image, cell, gpu) from None
+
+
+def _cannot_start(exc: APIError, image: str, cell: Cell, gpu: bool) -> UsageError:
+    reason = (exc.explanation or str(exc)).splitlines()[0][:200]
+    hint = "; --no-gpu runs the checks without GPUs" if gpu else ""
+    return UsageError(f"{cell.name}: cannot start a test container of {image[:19]}: {reason}{hint}")
 
 
 # --- results ------------------------------------------------------------------
