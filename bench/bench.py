@@ -71,7 +71,7 @@ def fresh_base(client, base: str) -> str:
     (`--no-cache` would start a second chain of layers beside the cached one, and later builds may follow either)."""
     container = client.containers.create(base, ["true"])
     try:
-        image = container.commit(repository="gpumatrix-bench", tag="base",
+        container.commit(repository="gpumatrix-bench", tag="base",
                                  changes=[f"LABEL io.gpumatrix.bench={time.time_ns()}"])
     finally:
         container.remove(force=True)

@@ -179,16 +179,24 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_build(args) -> int:
-    project, expansion = load(args.matrix)
+def chosen_cells(args, expansion: Expansion, verb: str) -> list:
+    """Every match with --all; otherwise the one cell the defaults pick, saying which and why."""
     filters = Filters(args.cuda, args.python, args.torch)
     if args.all:
-        cells = select(expansion, filters)
-    else:
-        cell, why = choose_one(expansion, filters)
-        report.info(f"building {cell.name}: {why}")
-        cells = [cell]
-    overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+        return select(expansion, filters)
+    cell, why = choose_one(expansion, filters)
+    report.info(f"{verb} {cell.name}: {why}")
+    return [cell]
+
+
+def overrides_of(args) -> Overrides:
+    return Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+
+
+def cmd_build(args) -> int:
+    project, expansion = load(args.matrix)
+    cells = chosen_cells(args, expansion, "building")
+    overrides = overrides_of(args)
     requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
         outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
@@ -217,7 +225,7 @@ def cmd_lock(args) -> int:
             return 1
         report.info(f"locks/ is up to date ({sum(1 for c in cells if c.layers)} locks)")
         return 0
-    overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+    overrides = overrides_of(args)
     with report.BuildProgress([c.name for c in cells if c.layers], args.verbose) as progress:
         results = lock_cells(project, expansion.matrix.image, cells, overrides, args.jobs, progress, report.info)
     for r in results:
@@ -235,13 +243,7 @@ def cmd_test(args) -> int:
     from . import imagetest
 
     project, expansion = load(args.matrix)
-    filters = Filters(args.cuda, args.python, args.torch)
-    if args.all:
-        cells = select(expansion, filters)
-    else:
-        cell, why = choose_one(expansion, filters)
-        report.info(f"testing {cell.name}: {why}")
-        cells = [cell]
+    cells = chosen_cells(args, expansion, "testing")
     if args.image and len(cells) != 1:
         raise UsageError(f"--image names one image, but {len(cells)} cells match: narrow the filters to one cell")
     if args.interpreter and not args.local:
@@ -327,7 +329,7 @@ def cmd_bake(args) -> int:
 
     project, expansion = load(args.matrix)
     cells = select(expansion, Filters(args.cuda, args.python, args.torch))
-    overrides = Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+    overrides = overrides_of(args)
     context_root = project.out / "bake"
     data, files = bake_file(project, expansion.matrix.image, cells, overrides, args.registry, context_root)
     output = args.output or project.root / "docker-bake.json"

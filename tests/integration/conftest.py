@@ -60,3 +60,12 @@ def torch_index(cache_dir):
     index.fill([TORCH_CPU_REQUIREMENT])
     with index:
         yield index
+
+
+@pytest.fixture
+def tmp_project(tmp_path) -> pathlib.Path:
+    """A copy of the project (matrix.yaml, templates/, requirements/, locks/) that a test may change freely."""
+    for name in ("templates", "requirements", "locks"):
+        shutil.copytree(REPO_ROOT / name, tmp_path / name)
+    shutil.copy(REPO_ROOT / "matrix.yaml", tmp_path / "matrix.yaml")
+    return tmp_path

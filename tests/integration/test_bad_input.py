@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,8 @@ CELL = "cpu-py3.11-torch2.13.0"
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO / name, tmp_path / name)
-    shutil.copy(REPO / "matrix.yaml", tmp_path / "matrix.yaml")
-    return tmp_path
+def project(tmp_project: Path) -> Path:
+    return tmp_project
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess:

