@@ -354,7 +354,7 @@ def _run_cell(project, image_name, cell, lock, options, out: Path, log: Log, *, 
     result = CellResult(
         cell=cell.name, mode=mode, image=expect["image"], image_id=image.id if image is not None else None,
         passed=code == 0 and counts["failed"] == 0 and counts["error"] == 0, gpu=gpu_ran,
-        junit=_display(paths[".xml"], project), summary=_display(paths[".md"], project), counts=counts,
+        junit=project.relative(paths[".xml"]), summary=project.relative(paths[".md"]), counts=counts,
         failures=[{"check": f"{c['file']}::{c['name']}", "message": c["message"]} for c in cases
                   if c["outcome"] in ("failed", "error")],
         pytest_exit=code, duration_s=time.monotonic() - started,
@@ -362,18 +362,6 @@ def _run_cell(project, image_name, cell, lock, options, out: Path, log: Log, *, 
     write_atomic(paths[".md"], summary_markdown(result, cases))
     write_atomic(paths[".json"], json.dumps(result.record(), indent=2) + "\n")
     return result
-
-
-def result_path(project: Project, cell_name: str, out: Path | None = None) -> Path:
-    return (out or project.out / "tests") / f"{cell_name}.json"
-
-
-def _display(path: Path, project: Project) -> str:
-    """Paths in the results are relative to the project root when they lie under it (out/tests/<cell>.xml)."""
-    try:
-        return str(path.resolve().relative_to(project.root))
-    except ValueError:
-        return str(path)
 
 
 def _lock_bytes(project: Project, cell: Cell) -> bytes | None:

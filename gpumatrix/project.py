@@ -42,6 +42,17 @@ class Project:
     def lock(self, cell_name: str) -> Path:
         return self.locks / f"{cell_name}.txt"
 
+    def test_record(self, cell_name: str, out: Path | None = None) -> Path:
+        """Written by `build.py test`, read by `build.py push`: did this image id pass its checks?"""
+        return (out or self.out / "tests") / f"{cell_name}.json"
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the project root when it lies under it, for messages and records."""
+        try:
+            return str(path.resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""

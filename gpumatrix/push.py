@@ -153,10 +153,6 @@ class PushRequest:
         return [f"{self.repository}:{t}" for t in self.tags]
 
 
-def test_record_path(project: Project, cell_name: str) -> Path:
-    return project.out / "tests" / f"{cell_name}.json"
-
-
 def _cell_filters(cell: Cell) -> tuple[str, str]:
     make = f"CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch}"
     cli = f"--cuda {cell.cuda} --python {cell.python} --torch {cell.torch}"
@@ -171,27 +167,20 @@ def refusal(project: Project, client: docker.DockerClient, cell: Cell) -> str | 
         image = client.images.get(cell.tags[0])
     except ImageNotFound:
         return f"{cell.name}: no image {cell.tags[0]} on the engine; run `make image {make}`, then {run_test.removeprefix('run ')}"
-    path = test_record_path(project, cell.name)
+    path = project.test_record(cell.name)
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        return f"{cell.name}: not tested (no {_rel(project, path)}); {run_test}"
+        return f"{cell.name}: not tested (no {project.relative(path)}); {run_test}"
     except (OSError, ValueError) as exc:
-        return f"{cell.name}: unreadable test record {_rel(project, path)} ({exc}); {run_test}"
+        return f"{cell.name}: unreadable test record {project.relative(path)} ({exc}); {run_test}"
     if not isinstance(record, dict) or record.get("passed") is not True:
-        return f"{cell.name}: the image checks did not pass ({_rel(project, path)}); fix the image, then {run_test.removeprefix('run ')}"
+        return f"{cell.name}: the image checks did not pass ({project.relative(path)}); fix the image, then {run_test.removeprefix('run ')}"
     if record.get("image_id") != image.id:
         tested = str(record.get("image_id"))[:19]
         return (f"{cell.name}: the tested image ({tested}) is not the current image {image.id[:19]} "
                 f"(rebuilt since the test); {run_test}")
     return None
-
-
-def _rel(project: Project, path: Path) -> str:
-    try:
-        return str(path.relative_to(project.root))
-    except ValueError:
-        return str(path)
 
 
 def cell_tags(cell: Cell, image) -> tuple[str, ...]:
