@@ -113,7 +113,7 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
     With more than one worker, a `base` stage that several cells share is built once, before the cells.
     """
     client = engine.connect()
-    pending = []
+    pending, probed = [], set()
     for req in requests:
         skipped = None if force else engine.skip_if_present(client, req)
         if skipped:
@@ -122,7 +122,9 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
             continue
         for image in dict.fromkeys(base_images(req)):
             engine.ensure_base(client, image, req.cell)
-        check_index(index_url(req), req.cell)
+        if index_url(req) not in probed:
+            check_index(index_url(req), req.cell)
+            probed.add(index_url(req))
         pending.append(req)
     todo = [item for item in pending if isinstance(item, BuildRequest)]
     if jobs > 1:
