@@ -110,7 +110,9 @@ def remove_live() -> None:
     """Remove every lock container of this process; a worker still creating one removes it itself (_cancelled)."""
     _cancelled.set()
     client = engine.connect()
-    for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={os.getpid()}"}):
+    # sparse: no inspect per container, which fails for one a worker removes in the meantime
+    mine = {"label": f"{OWNER_LABEL}={os.getpid()}"}
+    for container in client.containers.list(all=True, sparse=True, filters=mine):
         try:
             _remove(container)
         except Exception:  # already gone: the worker's own cleanup won

@@ -39,7 +39,8 @@ def wait_for(condition, what: str, timeout: float = 600) -> None:
 
 def lock_containers(client, pid: int) -> list:
     """Lock containers of this one gpumatrix process (other runs may share the engine)."""
-    return client.containers.list(all=True, filters={"label": ["io.gpumatrix.role=lock", f"io.gpumatrix.pid={pid}"]})
+    return client.containers.list(all=True, sparse=True,
+                                  filters={"label": ["io.gpumatrix.role=lock", f"io.gpumatrix.pid={pid}"]})
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
