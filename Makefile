@@ -51,6 +51,12 @@ test-image: venv
 		$(if $(LOCAL),--local) $(if $(IMAGE),--image $(IMAGE)) \
 		$(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE),--runtime-image $(RUNTIME_IMAGE))
 
+.PHONY: sbom
+# CycloneDX SBOM of the cell's image (out/sbom/<cell>.cdx.json; see README "SBOM and vulnerability scanning"):
+# ALL=1 every matching cell, IMAGE=REF another reference of one cell.
+sbom: venv
+	$(BUILD) sbom $(FILTERS) $(if $(ALL),--all) $(if $(IMAGE),--image $(IMAGE))
+
 push: venv
 	$(BUILD) push $(FILTERS) $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(ATTEMPTS),--attempts $(ATTEMPTS))
 

@@ -98,6 +98,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="results directory (default out/tests)")
     p.set_defaults(run=cmd_test)
 
+    p = sub.add_parser("sbom", help="write a CycloneDX SBOM of one cell's image (or every match with --all)")
+    _add_filters(p)
+    p.add_argument("--all", action="store_true", help="every cell that matches the filters")
+    p.add_argument("--image", help="this image reference instead of the cell's tag (one cell)")
+    p.add_argument("--out", type=Path, default=None, help="SBOM directory (default out/sbom)")
+    p.set_defaults(run=cmd_sbom)
+
     p = sub.add_parser("push", help="push tested images (every tag) to a registry, verify digests, write the catalog")
     _add_filters(p)
     p.add_argument("--registry", help="registry/namespace to push to, e.g. ghcr.io/acme (default: the matrix's)")
@@ -266,8 +273,29 @@ def cmd_test(args) -> int:
     return 0
 
 
+def cmd_sbom(args) -> int:
+    from . import engine, sbom
+
+    project, expansion = load(args.matrix)
+    cells = chosen_cells(args, expansion, "SBOM of")
+    if args.image and len(cells) != 1:
+        raise UsageError(f"--image names one image, but {len(cells)} cells match: narrow the filters to one cell")
+    out = args.out or project.out / "sbom"
+    results = sbom.run_cells(engine.connect(), cells, args.image, out, report.info)
+    for r in results:
+        if r.error:
+            report.problem(r.error)
+        else:
+            report.info(f"{r.cell}: wrote {project.relative(r.path)} ({r.components} components) "
+                        f"of image {r.image_id[7:19]}")
+    failed = [r.cell for r in results if r.error]
+    if failed:
+        raise WorkFailed(f"{len(failed)} of {len(results)} SBOMs failed: {', '.join(failed)}")
+    return 0
+
+
 def cmd_push(args) -> int:
-    from . import engine, push
+    from . import engine, push, sbom
 
     project, expansion = load(args.matrix)
     cells = select(expansion, Filters(args.cuda, args.python, args.torch))
@@ -279,6 +307,7 @@ def cmd_push(args) -> int:
     settings = push.RetrySettings(attempts=args.attempts)
     client = engine.connect()
     requests = push.plan(project, client, cells, registry, expansion.matrix.image)
+    requests = sbom.for_push(project, client, requests, report.info)
     catalog_dir = args.catalog or project.out / "catalog"
     if creds:
         try:

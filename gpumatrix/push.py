@@ -147,6 +147,7 @@ class PushRequest:
     labels: dict[str, str]
     tags: tuple[str, ...]  # tag names of the cell's image: <cell> and its content tag(s)
     repository: str  # where they go: <registry>/<image>
+    sbom: dict | None = None  # the catalog's record of this image's SBOM (gpumatrix.sbom.for_push)
 
     @property
     def refs(self) -> list[str]:
@@ -358,6 +359,7 @@ def catalog_entry(req: PushRequest, outcome: PushOutcome) -> dict:
         "variant": cell.variant,
         "archs": list(cell.wheel_archs),
         "target_archs": list(cell.archs),
+        "sbom": req.sbom,
         "pushed_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
 
@@ -406,15 +408,22 @@ def catalog_markdown(entries: list[dict]) -> str:
         "",
         "Pin the reference (repo@sha256:...) in RunPod templates and job specs; tags can move, digests cannot.",
         "",
-        "| cell | tags | reference | size | CUDA (driver floor) | compiled archs |",
-        "|---|---|---|---|---|---|",
+        "| cell | tags | reference | size | CUDA (driver floor) | compiled archs | SBOM |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         cuda = "CPU" if e["cuda"] == "cpu" else f"{e['cuda']} (driver >= {e.get('driver_floor') or '?'})"
         tags = "<br>".join(f"`{t}`" for t in e["tags"])
         archs = " ".join(e.get("archs") or []) or "-"
-        lines.append(f"| {e['cell']} | {tags} | `{e['reference']}` | {human_size(e.get('size'))} | {cuda} | {archs} |")
+        lines.append(f"| {e['cell']} | {tags} | `{e['reference']}` | {human_size(e.get('size'))} | {cuda} | {archs} "
+                     f"| {sbom_cell(e.get('sbom'))} |")
     return "\n".join(lines) + "\n"
+
+
+def sbom_cell(sbom: dict | None) -> str:
+    if not sbom:
+        return "-"
+    return f"`{sbom['path']}` ({sbom['components']} components, sha256 `{sbom['sha256'][:12]}`)"
 
 
 def human_size(size: int | None) -> str:
