@@ -12,7 +12,7 @@ OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)
 
 .PHONY: venv render check list image images lock lock-check test unit integration demo bench clean
-.PHONY: push bake matrix
+.PHONY: push bake matrix bases bases-check
 
 venv: $(BIN)/.installed
 
@@ -42,6 +42,14 @@ lock: venv
 
 lock-check: venv
 	$(BUILD) lock --check $(FILTERS)
+
+# Base images by digest (locks/bases.yaml): REFRESH=1 re-resolves every tag; ONLINE=1 makes the check ask the
+# registry too; GPUMATRIX_BASES_REGISTRY=URL resolves through a mirror.
+bases: venv
+	$(BUILD) bases $(if $(REFRESH),--refresh)
+
+bases-check: venv
+	$(BUILD) bases --check $(if $(ONLINE),--online)
 
 .PHONY: test-image
 # The image checks (tests/image) on the cell's image: GPU=1 / GPU=0 force the GPU checks on or off (default: on when

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from . import report
+from . import bases, report
 from .cells import Expansion, expand
 from .errors import UsageError, WorkFailed
 from .matrix import load_matrix
@@ -55,6 +56,18 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="write docker/<cell>/Dockerfile for every cell")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 and name each stale or missing file")
     p.set_defaults(run=cmd_render)
+
+    p = sub.add_parser("bases", help="pin every base image tag of the matrix to its digest in locks/bases.yaml")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--refresh", action="store_true", help="re-resolve every tag, not only the unpinned ones")
+    mode.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 naming each base not pinned and each pin no cell uses")
+    p.add_argument("--online", action="store_true",
+                   help="with --check: also ask the registry and name each tag that moved or vanished")
+    p.add_argument("--registry", default=os.environ.get(bases.ENV_REGISTRY) or None,
+                   help=f"resolve every base through this registry (a pull-through mirror, e.g. http://127.0.0.1:5000) "
+                        f"instead of the image's own (env {bases.ENV_REGISTRY})")
+    p.set_defaults(run=cmd_bases)
 
     p = sub.add_parser("list", help="show the cells and what each will contain")
     _add_filters(p)
@@ -144,10 +157,12 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", help="network mode of the build containers, e.g. host to reach a loopback index")
 
 
-def load(matrix_path: Path) -> tuple[Project, Expansion]:
+def load(matrix_path: Path, pinned: bool = True) -> tuple[Project, Expansion]:
+    """The project and its cells; with `pinned`, bases recorded in locks/bases.yaml are named by digest."""
     project = Project(matrix_path)
     matrix = load_matrix(matrix_path)
-    return project, expand(matrix, matrix_path, project.requirements)
+    expansion = expand(matrix, matrix_path, project.requirements)
+    return project, bases.pin_cells(expansion, bases.read_pins(project.bases)) if pinned else expansion
 
 
 def cmd_render(args) -> int:
@@ -166,6 +181,42 @@ def cmd_render(args) -> int:
     for path in result.removed:
         report.info(f"removed {path.relative_to(project.root)}/ (no such cell)")
     report.info(f"{len(expansion.cells)} cells, {len(result.written)} written, {len(result.removed)} removed")
+    return 0
+
+
+def cmd_bases(args) -> int:
+    project, expansion = load(args.matrix, pinned=False)
+    wanted = bases.base_references(expansion.cells)
+    pins = bases.read_pins(project.bases)
+    rel = project.relative(project.bases)
+    if args.online and not args.check:
+        raise UsageError("--online goes with --check (resolving always asks the registry)")
+    if args.check:
+        return _check_bases(pins, wanted, rel, bases.Resolver(args.registry) if args.online else None)
+    result = bases.update(pins, wanted, bases.Resolver(args.registry), refresh=args.refresh)
+    bases.write_pins(project.bases, result.pins)
+    for ref in result.added:
+        report.info(f"pinned {ref}@{result.pins[ref].digest}")
+    for ref, old, new in result.moved:
+        report.info(f"moved {ref}: {old} -> {new}")
+    for ref in result.dropped:
+        report.info(f"dropped {ref} (no cell uses it)")
+    report.info(f"{rel}: {len(result.pins)} bases pinned ({len(result.added)} new, {len(result.moved)} moved, "
+                f"{len(result.dropped)} dropped); run `make render` to use them")
+    return 0
+
+
+def _check_bases(pins: dict, wanted: list[str], rel: str, resolver) -> int:
+    found = bases.offline_problems(pins, wanted, rel)
+    if resolver is not None:
+        found += bases.online_problems(pins, wanted, resolver)
+    for line in found:
+        report.problem(line)
+    if found:
+        report.info(f"run `make bases` (python build.py bases{' --refresh' if resolver else ''}) on a machine that "
+                    f"reaches the registry, then `make render`, and commit {rel} and docker/")
+        return 1
+    report.info(f"{rel} is up to date ({len(wanted)} bases{', checked against the registry' if resolver else ''})")
     return 0
 
 

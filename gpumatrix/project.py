@@ -29,6 +29,11 @@ class Project:
         return self.root / "locks"
 
     @property
+    def bases(self) -> Path:
+        """The base images' digests (`build.py bases`), beside the locks they share a purpose with."""
+        return self.locks / "bases.yaml"
+
+    @property
     def requirements(self) -> Path:
         return self.root / "requirements"
 
