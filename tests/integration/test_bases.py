@@ -21,6 +21,8 @@ import pytest
 import requests
 import yaml
 
+from gpumatrix import engine
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,6 +202,8 @@ def test_render_uses_the_digests_and_the_checks_pass(project, registry, hub):
 def test_the_engine_builds_from_name_tag_at_digest(project, registry, hub, docker_client):
     """The rendered form, tag and digest together, is one the engine pulls and the classic builder accepts."""
     ref = f"{registry}/{RUNTIME_128}@{pins(project)[RUNTIME_128]}"
+    pulled = docker_client.images.pull(ref)  # what the build's base check does for a base not on the engine
+    assert pulled.labels["io.gpumatrix.test.bases"] == "c" and engine.present(docker_client, ref).id == pulled.id
     dockerfile = f"ARG RUNTIME_IMAGE={ref}\nFROM ${{RUNTIME_IMAGE}}\nLABEL io.gpumatrix.test.built=1\n".encode()
     image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), rm=True, pull=True)
     try:
