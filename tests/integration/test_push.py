@@ -8,6 +8,7 @@ skopeo (an independent client) and pulled by digest. Tests in this module run in
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 CELL = "cpu-py3.11-torch2.13.0"
@@ -249,6 +251,65 @@ def test_push_every_tag_and_read_it_back_with_skopeo_and_by_digest(project, test
     assert f"`{reg.addr}/gpu-images@{digest}`" in md and "| CPU |" in md
     assert entry["size"] == image.attrs["Size"] and entry["cuda"] == "cpu"
     assert f"{CELL}: pushed {len(local_tags)} tag(s)" in result.stderr
+
+
+def sbom_of(path: Path) -> dict:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    text = path.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    return json.loads(text)
+
+
+def pip_freeze(docker_client, image_id: str) -> dict[str, str]:
+    """The image's own `pip freeze` (which leaves out pip, setuptools and wheel), canonical name -> version."""
+    out = docker_client.containers.run(image_id, ["/opt/venv/bin/python", "-m", "pip", "freeze"], entrypoint=[],
+                                       network_mode="none", remove=True).decode()
+    pairs = (line.split("==", 1) for line in out.splitlines() if "==" in line)
+    return {canonicalize_name(name): version for name, version in pairs}
+
+
+def test_sbom_is_the_installed_environment_and_rides_in_the_catalog(project, tested, plain_registry, docker_client):
+    result = cli(project, "sbom", "--cuda", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = project / "out" / "sbom" / f"{CELL}.cdx.json"
+    doc = sbom_of(path)
+    assert doc["specVersion"] == "1.6"
+    root = doc["metadata"]["component"]
+    props = {p["name"]: p["value"] for p in root["properties"]}
+    assert root["type"] == "container" and root["version"] == CELL and root["bom-ref"] == tested
+    assert props["gpumatrix:image-id"] == tested and props["io.gpumatrix.torch"] == "2.13.0+cpu"
+    purls = [c.get("purl", "") for c in doc["components"]]
+    assert "pkg:pypi/torch@2.13.0%2Bcpu" in purls
+    assert any(p.startswith("pkg:pypi/numpy@") for p in purls)
+    assert "pkg:deb/debian/" in " ".join(purls) and "distro=debian-12" in " ".join(purls)
+    pypi = {canonicalize_name(c["name"]): c["version"] for c in doc["components"] if c.get("purl", "").startswith("pkg:pypi/")}
+    frozen = pip_freeze(docker_client, tested)
+    assert len(frozen) > 5 and {n: pypi.get(n) for n in frozen} == frozen  # every frozen package, at its version
+    assert set(pypi) - set(frozen) <= {"pip", "setuptools", "wheel"}
+    leftovers = docker_client.containers.list(all=True, filters={"label": "io.gpumatrix.imagetest", "ancestor": tested})
+    assert leftovers == []
+
+    # push reuses the SBOM of this very image and records it in the catalog
+    made = path.read_bytes()
+    result = cli(project, "push", "--cuda", "cpu", "--registry", plain_registry.addr)
+    assert result.returncode == 0, result.stderr
+    assert "reusing it" in result.stderr and path.read_bytes() == made
+    entry = catalog(project)[CELL]["sbom"]
+    assert entry == {"path": f"out/sbom/{CELL}.cdx.json", "sha256": hashlib.sha256(made).hexdigest(),
+                     "format": "CycloneDX 1.6 JSON", "components": len(doc["components"])}
+    assert f"`out/sbom/{CELL}.cdx.json`" in (project / "out" / "catalog" / "images.md").read_text()
+
+    # an SBOM of another image id is never attached: push makes the SBOM of the pushed image again
+    stale = made.replace(tested.encode(), b"sha256:" + b"0" * 64)
+    path.write_bytes(stale)
+    result = cli(project, "push", "--cuda", "cpu", "--registry", plain_registry.addr)
+    assert result.returncode == 0, result.stderr
+    assert "making the SBOM of" in result.stderr and "reusing it" not in result.stderr
+    remade = path.read_bytes()
+    assert sbom_of(path)["metadata"]["component"]["bom-ref"] == tested
+    assert catalog(project)[CELL]["sbom"]["sha256"] == hashlib.sha256(remade).hexdigest() != hashlib.sha256(stale).hexdigest()
 
 
 def test_registry_stopped_mid_push_is_a_clear_failure_and_leaves_no_catalog_entry(project, tested, registries):
