@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import docker
+import requests
+import urllib3
 from docker.errors import APIError, DockerException, ImageNotFound
 
 from .cells import Cell
@@ -20,6 +22,8 @@ from .errors import UsageError
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 STAGE_RE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)", re.IGNORECASE)
 TAIL_LINES = 40
+# What a stream from an engine that died (killed, restarted, socket gone) raises: never a DockerException.
+CONNECTION_LOST = (APIError, DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
 def connect() -> docker.DockerClient:
@@ -122,6 +126,14 @@ def present(client: docker.DockerClient, ref: str) -> docker.models.images.Image
         return None
 
 
+def registry_of(image: str) -> str:
+    """The registry a reference pulls from: its first path component when that names a host, else Docker Hub."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
 def ensure_base(client: docker.DockerClient, image: str, cell: Cell) -> None:
     """Pull a base image that is not on the engine; one line naming image and registry when that fails."""
     if present(client, image):
@@ -129,7 +141,7 @@ def ensure_base(client: docker.DockerClient, image: str, cell: Cell) -> None:
     try:
         client.images.pull(image)
     except (APIError, DockerException) as exc:
-        registry = image.split("/")[0] if "." in image.split("/")[0] or ":" in image.split("/")[0] else "docker.io"
+        registry = registry_of(image)
         reason = (getattr(exc, "explanation", None) or str(exc)).splitlines()[0][:160]
         raise UsageError(
             f"{cell.name}: base image {image} cannot be pulled from {registry} ({reason}); "
@@ -141,40 +153,45 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
     """Run one build and follow its stream; never raises for a failed build, the outcome says what failed."""
     started = time.monotonic()
     outcome = BuildOutcome(req.cell.name, "failed", req.tags)
-    stream = client.api.build(
-        fileobj=context_tar(req.dockerfile, req.lock),
-        custom_context=True,
-        tag=req.content_tag,
-        buildargs=req.build_args,
-        network_mode=req.network,
-        target=req.target,
-        nocache=req.nocache,
-        rm=True,
-        forcerm=True,
-        decode=True,
-    )
-    image_id = _follow(stream, outcome, listener)
+    try:
+        stream = client.api.build(
+            fileobj=context_tar(req.dockerfile, req.lock),
+            custom_context=True,
+            tag=req.content_tag,
+            buildargs=req.build_args,
+            network_mode=req.network,
+            target=req.target,
+            nocache=req.nocache,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        image_id = _follow(stream, outcome, listener)
+        if image_id and outcome.error is None:
+            _finish(client, req, outcome, image_id)
+    except CONNECTION_LOST as exc:
+        outcome.status = "failed"
+        outcome.error = f"the Docker engine stopped answering during the build ({_first_line(exc)})"
     outcome.duration = time.monotonic() - started
-    if image_id and outcome.error is None:
-        _finish(client, req, outcome, image_id)
     return outcome
 
 
 def _follow(stream, outcome: BuildOutcome, listener: Listener) -> str | None:
     image_id, stage = None, "base"
-    try:
-        for chunk in stream:
-            if "error" in chunk:
-                outcome.error = _failure_text(outcome, chunk)
-                return None
-            if "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
-            for line in chunk.get("stream", "").splitlines():
-                stage = _on_line(line, outcome, stage, listener)
-    except (APIError, DockerException) as exc:
-        outcome.error = f"the engine stopped answering: {exc}"
-        return None
+    for chunk in stream:
+        if "error" in chunk:
+            outcome.error = _failure_text(outcome, chunk)
+            return None
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        for line in chunk.get("stream", "").splitlines():
+            stage = _on_line(line, outcome, stage, listener)
     return image_id
+
+
+def _first_line(exc: Exception) -> str:
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _on_line(line: str, outcome: BuildOutcome, stage: str, listener: Listener) -> str:

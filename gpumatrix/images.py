@@ -130,8 +130,17 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
     if jobs > 1:
         for stage in shared_base_stages([r for r in todo if not r.nocache]):
             engine.build(client, stage, _quiet)
-    built = iter(run_parallel(lambda req: engine.build(engine.connect(), req, listener), todo, jobs))
+    built = iter(run_parallel(lambda req: _build_one(req, listener), todo, jobs))
     return [item if isinstance(item, BuildOutcome) else next(built) for item in pending]
+
+
+def _build_one(req: BuildRequest, listener: Listener) -> BuildOutcome:
+    """A cell whose engine went away before its build started fails like one that lost it mid-build."""
+    try:
+        client = engine.connect()
+    except UsageError as exc:
+        return BuildOutcome(req.cell.name, "failed", req.tags, error=str(exc))
+    return engine.build(client, req, listener)
 
 
 def _quiet(cell: str, step, line) -> None:

@@ -62,10 +62,17 @@ NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a 
                        r"([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
+# pip skips an index page it cannot fetch after its retries and resolves on without it, exit status 0.
+RETRIES_USED_UP = re.compile(r"Retrying \(Retry\(total=0\b.*': (\S+)$", re.MULTILINE)
+
+
 def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) -> None:
-    """pip-compile; a requirement that exists on no index is bad input (exit 2), naming the .in line."""
+    """pip-compile; a requirement that exists on no index is bad input (exit 2), naming the .in line.
+
+    A lock resolved while an index did not answer is refused: it may lack what only that index has.
+    """
     try:
-        _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
+        output = _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
     except WorkFailed as exc:
         missing = NOT_FOUND.search(str(exc))
         if missing is None:
@@ -73,6 +80,18 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
         name = missing.group(1)
         raise UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
                          f"or {job.index_url} (cell {job.cell.name})") from None
+    _refuse_partial_answers(job, output)
+
+
+def _refuse_partial_answers(job: LockJob, output: str) -> None:
+    unreached = sorted(set(RETRIES_USED_UP.findall(output)))
+    if unreached:
+        raise WorkFailed(f"an index stopped answering during pip-compile (retries used up for {', '.join(unreached)}); "
+                         "no lock written: a lock resolved without that index's answer cannot be trusted")
+    try:
+        images.check_index(job.index_url, job.cell)
+    except UsageError as exc:
+        raise WorkFailed(f"the torch index stopped answering during the lock; no lock written: {exc}") from None
 
 
 def tools_image(client, job: LockJob) -> str:

@@ -1,0 +1,239 @@
+"""Faults with the real components: an engine that dies mid-build, a disk that fills, an index that goes away
+during a lock, an output directory with no room. Each ends with one clear message, exit 1, a report (or the old
+file) that says exactly what happened, and nothing tagged or written that claims to be fresh.
+
+The engine faults run on a second dockerd of their own (own socket, data root and exec root), so killing it or
+filling its disk cannot disturb the engine the rest of the suite uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from gpumatrix.standins import LoopbackIndex
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = "cpu-py3.11-torch2.13.0"
+REPOSITORY = "ghcr.io/acme/gpu-images"
+TORCH_CPU_REQUIREMENT = "torch==2.13.0"
+
+
+class Engine:
+    """A dockerd on a socket of its own; `kill` is SIGKILL (a crash), `start` brings it back on the same data."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.socket = root / "docker.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> docker.DockerClient:
+        log = open(self.root / "dockerd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--data-root", str(self.data), "--exec-root", str(self.root / "exec"),
+             "--pidfile", str(self.root / "dockerd.pid"), "-H", self.host,
+             "--bridge=none", "--iptables=false", "--ip6tables=false"],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                client = docker.DockerClient(base_url=self.host)
+                client.ping()
+                return client
+            except docker.errors.DockerException:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+        pytest.fail(f"second dockerd did not start: {(self.root / 'dockerd.log').read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """The engine crashes: dockerd and the containerd it started (which would otherwise outlive it)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        subprocess.run(["pkill", "-KILL", "-f", str(self.root / "exec")], check=False)
+        # what a reboot does to /run, where the exec root normally lives: containerd cannot start on stale state
+        unmount_under(self.root / "exec")
+        shutil.rmtree(self.root / "exec", ignore_errors=True)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        # the containerd that dockerd started lives on after a SIGKILL of dockerd
+        subprocess.run(["pkill", "-f", str(self.root / "exec")], check=False)
+
+
+def unmount_under(path: Path) -> None:
+    """Lazily unmount everything mounted at or below `path` (overlay layers, the netns file), deepest first."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m == str(path) or m.startswith(f"{path}/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def second_engine(standin_base: str, main_client, tmpfs_size: str | None = None):
+    assert shutil.which("dockerd"), "dockerd not found: apt-get install docker.io"  # never a skip: CI has it
+    root = Path(tempfile.mkdtemp(prefix="gm-engine-", dir="/tmp"))  # short: unix socket paths are limited
+    engine = Engine(root)
+    engine.data.mkdir()
+    try:
+        if tmpfs_size:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(engine.data)], check=True)
+        client = engine.start()
+        client.images.load(b"".join(main_client.images.get(standin_base).save(named=True)))
+        yield engine, client
+    finally:
+        engine.stop()
+        unmount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def start(project: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, lines
+
+
+def finish(proc: subprocess.Popen, lines: list[str], timeout: float = 300) -> str:
+    proc.wait(timeout=timeout)
+    time.sleep(0.5)  # the reader thread drains the pipe
+    return "".join(lines)
+
+
+def wait_for(condition, what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def cell_report(path: Path) -> dict:
+    return {c["cell"]: c for c in json.loads(path.read_text())["cells"]}
+
+
+def stand_ins(standin_base: str, index_url: str) -> list[str]:
+    return ["--base-image", standin_base, "--runtime-image", standin_base, "--index-url", index_url,
+            "--network", "host"]
+
+
+def torch_downloads(index: LoopbackIndex) -> int:
+    return sum(1 for r in index.requests if "torch-2.13.0" in r and r.endswith(".whl"))
+
+
+def test_engine_killed_mid_build_fails_the_cell_in_the_report_and_tags_nothing(
+    tmp_project, standin_base, torch_index, docker_client
+):
+    with second_engine(standin_base, docker_client) as (engine, client):
+        report = tmp_project / "out" / "build-report.json"
+        downloads = torch_downloads(torch_index)
+        proc, lines = start(tmp_project, "build", "--cuda", "cpu", "--no-cache", *stand_ins(standin_base, torch_index.url),
+                            env={"DOCKER_HOST": engine.host})
+        wait_for(lambda: torch_downloads(torch_index) > downloads or proc.poll() is not None, "the torch install")
+        assert proc.poll() is None, "".join(lines)
+        engine.kill()
+        out = finish(proc, lines, timeout=120)
+        assert proc.returncode == 1, out
+        assert "Traceback" not in out
+        assert "the Docker engine stopped answering during the build" in out
+        record = cell_report(report)[CELL]
+        assert record["status"] == "failed" and record["image_id"] is None
+        assert "stopped answering" in record["error"]
+
+        client = engine.start()
+        assert client.images.list(name=REPOSITORY) == [], "an image of the cell was tagged by the dead build"
+
+
+def test_engine_disk_full_fails_the_step_with_the_reason(tmp_project, standin_base, torch_index, docker_client):
+    with second_engine(standin_base, docker_client, tmpfs_size="700m") as (engine, client):
+        report = tmp_project / "out" / "build-report.json"
+        proc, lines = start(tmp_project, "build", "--cuda", "cpu", "--no-cache", *stand_ins(standin_base, torch_index.url),
+                            env={"DOCKER_HOST": engine.host})
+        out = finish(proc, lines, timeout=600)
+        assert proc.returncode == 1, out
+        assert "Traceback" not in out
+        assert "No space left on device" in out, out[-3000:]
+        record = cell_report(report)[CELL]
+        assert record["status"] == "failed" and record["image_id"] is None
+        assert "No space left on device" in record["error"]
+        assert client.images.list(name=REPOSITORY) == []
+
+
+def test_index_gone_during_the_lock_writes_no_lock_and_leaves_no_container(tmp_project, standin_base, cache_dir,
+                                                                            docker_client):
+    lock = tmp_project / "locks" / f"{CELL}.txt"
+    before = lock.read_bytes()
+    # a change, so that a lock resolved without the index would differ from the committed one
+    cpu_in = tmp_project / "requirements" / "cpu.in"
+    cpu_in.write_text(cpu_in.read_text() + "rich>=13\n")
+    index = LoopbackIndex(cache_dir / "index-cpu")  # its own, on its own port: stopping it harms no other test
+    index.fill([TORCH_CPU_REQUIREMENT])
+    index.start()
+    try:
+        proc, lines = start(tmp_project, "lock", "--cuda", "cpu", *stand_ins(standin_base, index.url))
+        mine = {"label": ["io.gpumatrix.role=lock", f"io.gpumatrix.pid={proc.pid}"]}
+        wait_for(lambda: docker_client.containers.list(all=True, sparse=True, filters=mine) or proc.poll() is not None,
+                 "the lock container")
+        assert proc.poll() is None, "".join(lines)
+    finally:
+        index.stop()
+    out = finish(proc, lines, timeout=600)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert "stopped answering" in out and "no lock written" in out, out[-3000:]
+    assert lock.read_bytes() == before
+    assert not list(lock.parent.glob(".*.tmp"))
+    assert docker_client.containers.list(all=True, sparse=True, filters=mine) == []
+
+
+@pytest.fixture
+def full_out(tmp_project):
+    """The project's out/ on a tiny tmpfs that is already full."""
+    out = tmp_project / "out"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], check=True)
+    try:
+        (out / "build-report.json").write_text('{"cells": []}\n')
+        with open(out / "filler", "wb") as fh:
+            with contextlib.suppress(OSError):
+                fh.write(b"\0" * (1 << 20))
+        yield out
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_full_output_disk_keeps_the_old_report_and_says_why(full_out, tmp_project, standin_base, torch_index):
+    args = stand_ins(standin_base, torch_index.url)
+    proc, lines = start(tmp_project, "build", "--cuda", "cpu", *args)
+    out = finish(proc, lines, timeout=900)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert f"cannot write {full_out / 'build-report.json'}: No space left on device" in out, out[-2000:]
+    assert (full_out / "build-report.json").read_text() == '{"cells": []}\n'
+    assert not list(full_out.glob(".*.tmp"))
