@@ -1,0 +1,114 @@
+"""Reproducibility across two clean checkouts: byte-identical renders and locks, and two builds of the same cell
+from the same inputs that hold the same files and the same `pip freeze`.
+
+A checkout here is the repository's tracked files copied into a directory of its own, as a clone would have them.
+The second build runs with --no-cache, so it repeats every install instead of reusing the first build's layers.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = "cpu-py3.11-torch2.13.0"
+REPOSITORY = "gpumatrix.test/repro/gpu-images"
+
+# Every regular file of the environment and the app layer with its sha256; bytecode is left out because pip
+# compiles it at install time with the install's timestamps (it is rebuilt from the sources it is checked against).
+FILE_SET = r"""
+cd / && find opt/venv opt/gpumatrix -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
+"""
+
+
+def checkout(target: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    text = (target / "matrix.yaml").read_text()
+    assert "registry: ghcr.io/acme\n" in text
+    (target / "matrix.yaml").write_text(text.replace("registry: ghcr.io/acme\n", "registry: gpumatrix.test/repro\n"))
+    return target
+
+
+def cli(project: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(project / "build.py"), *args], cwd=project,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"build.py {' '.join(args)}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def checkouts(tmp_path_factory) -> tuple[Path, Path]:
+    return checkout(tmp_path_factory.mktemp("checkout-a")), checkout(tmp_path_factory.mktemp("checkout-b"))
+
+
+@pytest.fixture(scope="module")
+def stand_ins(standin_base, torch_index) -> list[str]:
+    return ["--base-image", standin_base, "--runtime-image", standin_base, "--index-url", torch_index.url,
+            "--network", "host"]
+
+
+def differing(a: Path, b: Path) -> list[str]:
+    """Files that differ between two trees, or exist in one only (recursively)."""
+    cmp = filecmp.dircmp(a, b)
+    found = [str(Path(a.name) / n) for n in cmp.left_only + cmp.right_only + cmp.diff_files + cmp.funny_files]
+    for sub in cmp.common_dirs:
+        found += differing(a / sub, b / sub)
+    return found
+
+
+def test_render_is_byte_identical_in_two_checkouts(checkouts):
+    a, b = checkouts
+    for root in checkouts:
+        shutil.rmtree(root / "docker")
+        cli(root, "render")
+    assert differing(a / "docker", b / "docker") == []
+    # the registry differs from the shipped matrix; tags carry it, the Dockerfiles never do
+    assert differing(REPO / "docker", a / "docker") == []
+
+
+def test_lock_is_byte_identical_in_two_checkouts(checkouts, stand_ins):
+    a, b = checkouts
+    for root in checkouts:
+        (root / "locks" / f"{CELL}.txt").unlink()
+        cli(root, "lock", "--cuda", "cpu", *stand_ins)
+    assert (a / "locks" / f"{CELL}.txt").read_bytes() == (b / "locks" / f"{CELL}.txt").read_bytes()
+
+
+def in_image(client, image: str, command: str) -> str:
+    return client.containers.run(image, ["bash", "-c", command], remove=True, network_mode="none").decode()
+
+
+def test_two_builds_from_the_same_inputs_hold_the_same_files_and_freeze(checkouts, stand_ins, docker_client):
+    a, b = checkouts
+    images = []
+    try:
+        for root in checkouts:
+            cli(root, "build", "--cuda", "cpu", "--no-cache", *stand_ins)
+            image = docker_client.images.get(f"{REPOSITORY}:{CELL}")
+            images.append(image.id)
+            docker_client.images.remove(f"{REPOSITORY}:{CELL}")  # the second build must make its own
+        first, second = images
+        assert first != second, "the second build reused the first image instead of building"
+        freeze = [in_image(docker_client, i, "pip freeze --all") for i in images]
+        assert freeze[0] == freeze[1]
+        assert "torch==2.13.0+cpu" in freeze[0]
+        files = [in_image(docker_client, i, FILE_SET) for i in images]
+        assert len(files[0].splitlines()) > 1000
+        only = set(files[0].splitlines()) ^ set(files[1].splitlines())
+        assert not only, f"{len(only)} files differ, e.g. {sorted(only)[:10]}"
+    finally:
+        for image_id in images:
+            for tagged in docker_client.images.list(name=REPOSITORY):
+                if tagged.id == image_id:
+                    for tag in tagged.tags:
+                        docker_client.images.remove(tag)
