@@ -20,6 +20,7 @@ from .render import content_digest, content_tag, environment, render_all, render
 from .lock import lock_cells
 from .lockfile import check_all
 from .images import Overrides, prepare, run_builds, write_report
+from .secrets import has_credentials, redact
 from .select import Filters, choose_one, select
 
 
@@ -153,7 +154,9 @@ def _positive(value: str) -> int:
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-image", help="devel base instead of nvidia/cuda (a mirror, or the test stand-in)")
     p.add_argument("--runtime-image", help="slim runtime base instead of nvidia/cuda ...-base")
-    p.add_argument("--index-url", help="torch index instead of download.pytorch.org; {variant} is replaced")
+    p.add_argument("--index-url", default=os.environ.get("GPUMATRIX_INDEX_URL") or None,
+                   help="torch index instead of download.pytorch.org; {variant} is replaced (default: "
+                        "$GPUMATRIX_INDEX_URL, the place for an index URL with credentials)")
     p.add_argument("--network", help="network mode of the build containers, e.g. host to reach a loopback index")
 
 
@@ -410,6 +413,10 @@ def cmd_bake(args) -> int:
     project, expansion = load(args.matrix)
     cells = select(expansion, Filters(args.cuda, args.python, args.torch))
     overrides = overrides_of(args)
+    if overrides.index_url and has_credentials(overrides.index_url):
+        raise UsageError("--index-url (or GPUMATRIX_INDEX_URL) holds credentials, which docker-bake.json would keep "
+                         "in plain text; bake without them and give them at build time: "
+                         "docker buildx bake --set '*.args.TORCH_INDEX_URL=...'")
     context_root = project.out / "bake"
     data, files = bake_file(project, expansion.matrix.image, cells, overrides, args.registry, context_root)
     output = args.output or project.root / "docker-bake.json"
@@ -442,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         return args.run(args)
     except (UsageError, WorkFailed) as exc:
-        report.problem(str(exc))
+        report.problem(redact(str(exc)))
         return exc.exit_code
     except KeyboardInterrupt as exc:
         report.problem("terminated" if isinstance(exc, Terminated) else "interrupted")

@@ -18,6 +18,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 from .cells import Cell
 from .errors import UsageError
+from .secrets import redact
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 STAGE_RE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)", re.IGNORECASE)
@@ -195,6 +196,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _on_line(line: str, outcome: BuildOutcome, stage: str, listener: Listener) -> str:
+    line = redact(line)  # pip masks index passwords itself; a RUN step's own echo might not
     step = STEP_RE.match(line)
     if step:
         instruction = step.group(3)
@@ -214,7 +216,7 @@ def _on_line(line: str, outcome: BuildOutcome, stage: str, listener: Listener) -
 
 
 def _failure_text(outcome: BuildOutcome, chunk: dict) -> str:
-    message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+    message = redact(chunk.get("errorDetail", {}).get("message") or chunk["error"])
     if not outcome.steps:
         return message.strip()
     step = outcome.steps[-1]

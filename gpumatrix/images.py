@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+import requests as http
 
 from . import engine
 from .cells import Cell
@@ -16,6 +16,7 @@ from .errors import UsageError
 from .lockfile import verified_lock
 from .parallel import run_parallel
 from .project import Project, write_atomic
+from .secrets import redact
 from .render import content_digest, content_tag, environment, render_cell
 
 
@@ -95,16 +96,26 @@ def shared_base_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
 
 
 def check_index(url: str, cell: Cell) -> None:
-    """The torch index must answer for torch before a build spends minutes on the base stage."""
+    """The torch index must answer for torch before a build spends minutes on the base stage.
+
+    requests, not urllib: an index URL's user:password@ becomes basic auth, as pip does it.
+    """
     probe = url.rstrip("/") + "/torch/"
     try:
-        with urllib.request.urlopen(probe, timeout=20) as response:
-            response.read(1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        shown = re.sub(r"//[^/@]+@", "//***@", probe)  # never print credentials of an index URL
-        raise UsageError(f"{cell.name}: the torch index does not answer at {shown} ({reason}); "
+        with http.get(probe, timeout=20, stream=True) as response:
+            response.raise_for_status()
+    except (http.RequestException, ValueError) as exc:
+        raise UsageError(f"{cell.name}: the torch index does not answer at {redact(probe)} ({_reason(exc)}); "
                          "check --index-url or `index_url` in matrix.yaml") from None
+
+
+def _reason(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code} {response.reason}"
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)  # "Connection refused" out of urllib3's long chain
+    return redact(errno.group(1) if errno else (text.splitlines() or [type(exc).__name__])[0])[:200]
 
 
 def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: Listener) -> list[BuildOutcome]:

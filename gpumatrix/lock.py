@@ -30,6 +30,7 @@ from .lockfile import (
 )
 from .parallel import run_parallel
 from .project import Project, write_atomic
+from .secrets import redact
 
 CONTAINER_LABEL = "io.gpumatrix.role"  # on every container gpumatrix starts, so none can be left behind unseen
 OWNER_LABEL = "io.gpumatrix.pid"
@@ -79,7 +80,7 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
             raise
         name = missing.group(1)
         raise UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
-                         f"or {job.index_url} (cell {job.cell.name})") from None
+                         f"or {redact(job.index_url)} (cell {job.cell.name})") from None
     _refuse_partial_answers(job, output)
 
 
@@ -154,7 +155,7 @@ def _exec(container, script: str, what: str) -> str:
     text = output.decode(errors="replace")
     if code != 0:
         tail = "\n".join(text.splitlines()[-40:])
-        raise WorkFailed(f"{what} failed (exit {code}):\n{tail}")
+        raise WorkFailed(redact(f"{what} failed (exit {code}):\n{tail}"))
     return text
 
 

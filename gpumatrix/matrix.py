@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .errors import UsageError
+from .secrets import has_credentials
 
 MAX_YAML_NODES = 20_000  # an alias bomb expands far past this; a real matrix stays far below it
 MAX_YAML_DEPTH = 32  # a real matrix nests five levels deep
@@ -25,6 +26,16 @@ Text = Annotated[str, StringConstraints(min_length=1)]
 Companion = Literal["torchvision", "torchaudio"]
 
 
+def _without_credentials(url: str) -> str:
+    if has_credentials(url):
+        raise ValueError("holds credentials, which would be committed and rendered into docker/; "
+                         "give the index URL with its credentials in GPUMATRIX_INDEX_URL or --index-url instead")
+    return url
+
+
+IndexUrl = Annotated[Text, AfterValidator(_without_credentials)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -34,8 +45,8 @@ class Settings(_Strict):
 
     base_image: Text | None = None
     runtime_image: Text | None = None
-    index_url: Text | None = None
-    nightly_index_url: Text | None = None
+    index_url: IndexUrl | None = None
+    nightly_index_url: IndexUrl | None = None
     pre: bool | None = None
     archs: list[Arch] | None = None
     layers: list[Layer] | None = None

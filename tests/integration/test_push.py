@@ -8,6 +8,7 @@ skopeo (an independent client) and pulled by digest. Tests in this module run in
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ CELL = "cpu-py3.11-torch2.13.0"
 OWN_REGISTRY = "gpumatrix.test/push"  # the matrix's registry in this module's project copy
 LOCAL_REPO = f"{OWN_REGISTRY}/gpu-images"
 USER, PASSWORD = "ci-bot", "Tr0ub4dor&3-secret-XYZ"
+INDEX_USER, INDEX_TOKEN = "index-bot", "idx-T0ken-4c9e1f"  # the loopback index ignores them; pip sends them
 
 
 def need(tool: str, package: str) -> None:
@@ -133,14 +135,21 @@ def cli(project: Path, *args: str, env: dict | None = None, timeout: int = 900) 
 
 
 @pytest.fixture(scope="module")
-def built(project, standin_base, torch_index, docker_client) -> str:
-    """The CPU cell locked and built through build.py; returns the image id."""
-    stand_ins = ["--base-image", standin_base, "--runtime-image", standin_base,
-                 "--index-url", torch_index.url, "--network", "host"]
-    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
-    assert result.returncode == 0, result.stderr
-    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
-    assert result.returncode == 0, result.stderr
+def run_logs() -> list[str]:
+    """The output of every build.py run of the module's image, for the secrets check."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def built(project, standin_base, torch_index, docker_client, run_logs) -> str:
+    """The CPU cell locked and built through build.py, with an index URL that carries credentials (given as
+    GPUMATRIX_INDEX_URL, as a private index's would be); returns the image id."""
+    stand_ins = ["--base-image", standin_base, "--runtime-image", standin_base, "--network", "host"]
+    index = {"GPUMATRIX_INDEX_URL": torch_index.url.replace("http://", f"http://{INDEX_USER}:{INDEX_TOKEN}@")}
+    for verb in ("lock", "build"):
+        result = cli(project, verb, "--cuda", "cpu", *stand_ins, env=index)
+        run_logs.append(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stderr
     return docker_client.images.get(f"{LOCAL_REPO}:{CELL}").id
 
 
@@ -162,11 +171,12 @@ def has_test_command(project: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tested(project, built, standin_base) -> str:
+def tested(project, built, standin_base, run_logs) -> str:
     """The image checks passed for the built image: through `build.py test` when it exists, else a hand-made record."""
     if has_test_command(project):
         result = cli(project, "test", "--cuda", "cpu", "--no-gpu",
                      "--base-image", standin_base, "--runtime-image", standin_base)
+        run_logs.append(result.stdout + result.stderr)
         assert result.returncode == 0, result.stdout + result.stderr
         record = json.loads(record_path(project).read_text())
         assert record["passed"] is True and record["image_id"] == built
@@ -377,6 +387,53 @@ def test_push_with_htpasswd_credentials_from_the_environment(project, tested, au
                   f"docker://{auth_registry.addr}/gpu-images:{CELL}")
     assert info["Digest"] == digest and info["Labels"]["io.gpumatrix.cell"] == CELL
     assert_no_password(project, docker_client, PASSWORD, result.stdout, result.stderr)
+
+
+def blobs_hold(directory: Path, secrets: list[bytes]) -> list[str]:
+    """Which blobs of an image copied with skopeo (layers decompressed, config and manifest as they are) hold one."""
+    found = []
+    longest = max(len(s) for s in secrets)
+    for blob in sorted(p for p in directory.iterdir() if p.is_file()):
+        with (gzip.open if _gzip_magic(blob) else open)(blob, "rb") as stream:
+            tail = b""
+            while chunk := stream.read(1 << 22):
+                window = tail + chunk
+                found += [f"{blob.name}: {s.decode()}" for s in secrets if s in window]
+                tail = window[-longest:]
+    return found
+
+
+def _gzip_magic(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def test_no_credential_reaches_the_pushed_image_its_history_the_logs_or_out(
+    project, tested, auth_registry, docker_client, run_logs, tmp_path
+):
+    """Registry password and index token: not in any layer, the config (labels, env, history), the output of
+    lock, build, test and push, or anything under out/. The torch stage saw the index URL as a build argument."""
+    result = cli(project, "push", "--cuda", "cpu", "--registry", auth_registry.addr,
+                 env={"REGISTRY_USER": USER, "REGISTRY_PASSWORD": PASSWORD})
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "pulled"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"{USER}:{PASSWORD}",
+                    f"docker://{auth_registry.addr}/gpu-images:{CELL}", f"dir:{copy}"],
+                   check=True, capture_output=True, timeout=600)
+    secrets = [PASSWORD.encode(), INDEX_TOKEN.encode(), base64.b64encode(f"{USER}:{PASSWORD}".encode())]
+    layers = [p for p in copy.iterdir() if p.name not in ("manifest.json", "version")]
+    assert len(layers) > 3
+    assert blobs_hold(copy, secrets) == []
+    assert blobs_hold(copy, [b"torch-2.13.0+cpu.dist-info"]), "the search finds nothing at all: it is broken"
+    for secret in (PASSWORD, INDEX_TOKEN):
+        assert_no_password(project, docker_client, secret, result.stdout, result.stderr, *run_logs)
+    # The control: the build did get the token. It is in the engine's local cache of the torch stage, whose RUN
+    # saw TORCH_INDEX_URL (the classic builder records build arguments there); that stage is never pushed.
+    cached = [i for i in docker_client.images.list(all=True)
+              if any(INDEX_TOKEN in (h.get("CreatedBy") or "") for h in i.history())]
+    assert cached, "no build step ever saw the index token: this test would prove nothing"
+    pushed = docker_client.images.get(f"{LOCAL_REPO}:{CELL}")
+    assert pushed.id not in {i.id for i in cached}
 
 
 def test_push_with_credentials_from_the_docker_config(project, tested, auth_registry, tmp_path):

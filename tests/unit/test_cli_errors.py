@@ -112,6 +112,19 @@ CASES = [
         exact_lines=1,
     ),
     Case("unknown-subcommand", None, ["build.py", "frobnicate"], args=("frobnicate",), exact_lines=1),
+    Case(
+        "index-credentials-in-matrix",
+        HEAD + "settings:\n  index_url: \"https://bot:s3cr3t-tok@pytorch.internal/whl/{variant}\"\n",
+        ["{path}:10: settings.index_url:", "holds credentials", "GPUMATRIX_INDEX_URL"],
+        exact_lines=1,
+    ),
+    Case(
+        "index-credentials-in-bake-file",
+        None,
+        ["--index-url", "holds credentials", "docker-bake.json"],
+        args=("bake", "--index-url", "https://bot:s3cr3t-tok@pytorch.internal/whl/{variant}"),
+        exact_lines=1,
+    ),
 ]
 
 
