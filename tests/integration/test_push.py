@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -348,6 +349,29 @@ def test_registry_stopped_mid_push_is_a_clear_failure_and_leaves_no_catalog_entr
     assert "1 of 1 pushes failed" in result.stderr and "Traceback" not in result.stderr
     assert CELL not in catalog(project)
     assert CELL not in (project / "out" / "catalog" / "images.md").read_text()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_push_exits_at_once_and_leaves_the_catalog_as_it_was(project, tested, registries, sig, code):
+    reg = registries()  # empty storage: every layer is really uploaded
+    catalog_dir = project / "out" / "catalog"
+    before = {p.name: p.read_bytes() for p in catalog_dir.glob("*")}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), "push", "--cuda", "cpu",
+         "--registry", reg.addr], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not reg.uploads_started() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(sig)
+    signalled = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - signalled < 30
+    assert proc.returncode == code, err
+    assert ("terminated" if sig == signal.SIGTERM else "interrupted") in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in catalog_dir.glob("*")} == before  # no .tmp file, nothing rewritten
+    manifest = requests.head(f"http://{reg.addr}/v2/gpu-images/manifests/{CELL}", timeout=5)
+    assert manifest.status_code == 404, "the interrupted push still published the tag"
 
 
 # ---- credentials ----------------------------------------------------------------------------------------------------
