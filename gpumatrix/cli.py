@@ -14,7 +14,7 @@ from pathlib import Path
 from . import bases, report
 from .cells import Expansion, expand
 from .errors import UsageError, WorkFailed
-from .matrix import load_matrix
+from .matrix import REGISTRY_PATTERN, load_matrix
 from .project import Project, write_atomic
 from .render import content_digest, content_tag, environment, render_all, render_cell
 from .lock import lock_cells
@@ -40,6 +40,7 @@ def _pattern(regex: str, what: str):
 
 CUDA_ARG = _pattern(r"\d+\.\d+|cpu", "a CUDA version such as 12.8, or cpu")
 VERSION_ARG = _pattern(r"\d+\.\d+(\.\d+)?", "a version such as 3.11 or 2.7.1")
+REGISTRY_ARG = _pattern(REGISTRY_PATTERN.strip("^$"), "a registry and namespace such as ghcr.io/acme or 127.0.0.1:5000/team")
 TORCH_ARG = _pattern(r"\d+\.\d+\.\d+(\.dev\d{8})?", "a torch release such as 2.7.1 (or a nightly 2.16.0.dev20261120)")
 
 
@@ -121,7 +122,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="push tested images (every tag) to a registry, verify digests, write the catalog")
     _add_filters(p)
-    p.add_argument("--registry", help="registry/namespace to push to, e.g. ghcr.io/acme (default: the matrix's)")
+    p.add_argument("--registry", type=REGISTRY_ARG,
+                   help="registry/namespace to push to, e.g. ghcr.io/acme (default: the matrix's)")
     p.add_argument("--attempts", type=_positive, default=3, help="tries per tag on transient failures (default 3)")
     p.add_argument("--catalog", type=Path, default=None, help="catalog directory (default out/catalog)")
     p.set_defaults(run=cmd_push)
@@ -139,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bake", help="write docker-bake.json: one BuildKit target per cell and a group of all")
     _add_filters(p)
     _add_overrides(p)
-    p.add_argument("--registry", help="registry/namespace for the tags (default: the matrix's)")
+    p.add_argument("--registry", type=REGISTRY_ARG, help="registry/namespace for the tags (default: the matrix's)")
     p.add_argument("--output", type=Path, default=None, help="the bake file (default docker-bake.json)")
     p.set_defaults(run=cmd_bake)
     return top

@@ -112,6 +112,8 @@ CASES = [
         exact_lines=1,
     ),
     Case("unknown-subcommand", None, ["build.py", "frobnicate"], args=("frobnicate",), exact_lines=1),
+    Case("bad-registry-reference", None, ["--registry", "'ghcr.io/Acme Corp'", "is not a registry"],
+         args=("push", "--registry", "ghcr.io/Acme Corp"), exact_lines=1),
     Case(
         "index-credentials-in-matrix",
         HEAD + "settings:\n  index_url: \"https://bot:s3cr3t-tok@pytorch.internal/whl/{variant}\"\n",
