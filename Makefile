@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 MATRIX ?= matrix.yaml
 JOBS ?= 1
 
-FILTERS := $(if $(CUDA),--cuda $(CUDA)) $(if $(PYTHON),--python $(PYTHON)) $(if $(TORCH),--torch $(TORCH))
+FILTERS := $(if $(CUDA),--cuda $(CUDA)) $(if $(PYTHON),--python $(PYTHON)) $(if $(TORCH),--torch $(TORCH)) \
+           $(if $(FLAVOUR),--flavour $(FLAVOUR))
 OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE),--runtime-image $(RUNTIME_IMAGE)) \
 	$(if $(INDEX_URL),--index-url $(INDEX_URL)) $(if $(NETWORK),--network $(NETWORK))
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)

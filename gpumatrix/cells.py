@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.version import Version
@@ -52,6 +52,7 @@ class Cell:
     python_source: str
     repository: str
     tags: tuple[str, ...] = field(default=())
+    flavour: str | None = None  # cells of one torch stage with different app layers: name-<flavour>
 
     @property
     def is_cuda(self) -> bool:
@@ -84,9 +85,9 @@ class Expansion:
     matrix: Matrix
 
 
-def cell_name(cuda: str, python: str, torch: str) -> str:
+def cell_name(cuda: str, python: str, torch: str, flavour: str | None = None) -> str:
     prefix = "cpu" if cuda == "cpu" else f"cu{cuda}"
-    return f"{prefix}-py{python}-torch{torch}"
+    return f"{prefix}-py{python}-torch{torch}" + (f"-{flavour}" if flavour else "")
 
 
 def expand(matrix: Matrix, source: Path, requirements_dir: Path) -> Expansion:
@@ -104,10 +105,15 @@ def expand(matrix: Matrix, source: Path, requirements_dir: Path) -> Expansion:
         except compat.Incompatible as exc:
             problems.append(f"{source}: {cell_name(cuda, python, torch)}: {exc}")
     for i, inc in enumerate(matrix.include):
+        name = cell_name(inc.cuda, inc.python, inc.torch, inc.flavour)
+        if inc.layers is not None and inc.flavour is None:
+            problems.append(f"{source}: include[{i}] {name}: `layers` goes with `flavour` (a cell of the axes takes "
+                            "its layers from settings and overrides)")
+            continue
         try:
-            cells.setdefault(cell_name(inc.cuda, inc.python, inc.torch), _included(matrix, inc))
+            cells.setdefault(name, _included(matrix, inc))
         except compat.Incompatible as exc:
-            problems.append(f"{source}: include[{i}] {cell_name(inc.cuda, inc.python, inc.torch)}: {exc}")
+            problems.append(f"{source}: include[{i}] {name}: {exc}")
     problems += _missing_layers(cells.values(), source, requirements_dir)
     if problems:
         raise UsageError("\n".join(problems))
@@ -121,14 +127,22 @@ class _NoWheel(compat.Incompatible):
 
 def _included(matrix: Matrix, inc: Include) -> Cell:
     try:
-        return make_cell(matrix, inc.cuda, inc.python, inc.torch)
+        cell = make_cell(matrix, inc.cuda, inc.python, inc.torch)
     except _NoWheel as exc:
         raise compat.Incompatible(str(exc)) from None
+    return cell if inc.flavour is None else flavoured(cell, inc.flavour, inc.layers)
+
+
+def flavoured(cell: Cell, flavour: str, layers: list[str] | None) -> Cell:
+    """The same torch stage as `cell` (same base, Python, torch, index), other app layers, its own name and tag."""
+    name = cell_name(cell.cuda, cell.python, cell.torch, flavour)
+    return replace(cell, name=name, flavour=flavour, tags=(f"{cell.repository}:{name}",),
+                   layers=tuple(cell.layers if layers is None else layers))
 
 
 def _sort_key(cell: Cell) -> tuple:
     cuda_key = (1, Version("0")) if cell.cuda == "cpu" else (0, Version(cell.cuda))
-    return cuda_key, Version(cell.python), Version(cell.torch)
+    return cuda_key, Version(cell.python), Version(cell.torch), cell.flavour or ""
 
 
 def settings_for(matrix: Matrix, cuda: str, python: str, torch: str) -> Settings:

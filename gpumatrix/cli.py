@@ -40,6 +40,7 @@ def _pattern(regex: str, what: str):
 
 CUDA_ARG = _pattern(r"\d+\.\d+|cpu", "a CUDA version such as 12.8, or cpu")
 VERSION_ARG = _pattern(r"\d+\.\d+(\.\d+)?", "a version such as 3.11 or 2.7.1")
+FLAVOUR_ARG = _pattern(r"[a-z0-9]+(-[a-z0-9]+)*", "a flavour name such as serve (lower case, digits, dashes)")
 REGISTRY_ARG = _pattern(REGISTRY_PATTERN.strip("^$"), "a registry and namespace such as ghcr.io/acme or 127.0.0.1:5000/team")
 TORCH_ARG = _pattern(r"\d+\.\d+\.\d+(\.dev\d{8})?", "a torch release such as 2.7.1 (or a nightly 2.16.0.dev20261120)")
 
@@ -48,6 +49,9 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda", type=CUDA_ARG, help="CUDA version of the base (12.4, 12.8, 13.0) or cpu")
     p.add_argument("--python", type=VERSION_ARG, help="Python version, e.g. 3.11")
     p.add_argument("--torch", type=TORCH_ARG, help="torch release, e.g. 2.7.1, or a nightly 2.16.0.devYYYYMMDD")
+    p.add_argument("--flavour", type=FLAVOUR_ARG,
+                   help="a flavour of the matrix's `include`, or none for the cells without one (default: any; "
+                        "one cell is the one without)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -227,7 +231,7 @@ def _check_bases(pins: dict, wanted: list[str], rel: str, resolver) -> int:
 
 def cmd_list(args) -> int:
     project, expansion = load(args.matrix)
-    filters = Filters(args.cuda, args.python, args.torch)
+    filters = Filters(args.cuda, args.python, args.torch, args.flavour)
     cells = select(expansion, filters)
     env = environment(project.templates)
     records = []
@@ -244,7 +248,7 @@ def cmd_list(args) -> int:
 
 def chosen_cells(args, expansion: Expansion, verb: str) -> list:
     """Every match with --all; otherwise the one cell the defaults pick, saying which and why."""
-    filters = Filters(args.cuda, args.python, args.torch)
+    filters = Filters(args.cuda, args.python, args.torch, args.flavour)
     if args.all:
         return select(expansion, filters)
     cell, why = choose_one(expansion, filters)
@@ -278,7 +282,7 @@ def cmd_build(args) -> int:
 
 def cmd_lock(args) -> int:
     project, expansion = load(args.matrix)
-    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch, args.flavour))
     if args.check:
         found = check_all(project, cells)
         for line in found:
@@ -354,7 +358,7 @@ def cmd_push(args) -> int:
     from . import engine, push, sbom
 
     project, expansion = load(args.matrix)
-    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch, args.flavour))
     registry = args.registry or expansion.matrix.registry
     creds = push.Credentials.from_env()
     scrub = push.Scrubber()
@@ -404,7 +408,7 @@ def cmd_matrix(args) -> int:
     from .fanout import github_matrix
 
     _, expansion = load(args.matrix)
-    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch, args.flavour))
     sys.stdout.write(json.dumps(github_matrix(cells), separators=(",", ":")) + "\n")
     return 0
 
@@ -413,7 +417,7 @@ def cmd_bake(args) -> int:
     from .fanout import bake_file, write_contexts
 
     project, expansion = load(args.matrix)
-    cells = select(expansion, Filters(args.cuda, args.python, args.torch))
+    cells = select(expansion, Filters(args.cuda, args.python, args.torch, args.flavour))
     overrides = overrides_of(args)
     if overrides.index_url and has_credentials(overrides.index_url):
         raise UsageError("--index-url (or GPUMATRIX_INDEX_URL) holds credentials, which docker-bake.json would keep "

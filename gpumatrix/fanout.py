@@ -12,6 +12,7 @@ from .images import Overrides
 from .errors import UsageError
 from .lockfile import check_all, verified_lock
 from .project import Project, write_atomic
+from .select import PLAIN
 from .render import content_digest, content_tag, environment, labels, render_cell
 
 BAKE_TARGET_STAGE = "runtime"
@@ -23,13 +24,15 @@ def github_matrix(cells: list[Cell]) -> dict:
 
 
 def github_entry(cell: Cell) -> dict:
+    flavour = cell.flavour or PLAIN
     return {
         "cell": cell.name,
         "cuda": cell.cuda,
         "python": cell.python,
         "torch": cell.torch,
-        "filters": f"--cuda {cell.cuda} --python {cell.python} --torch {cell.torch}",
-        "make": f"CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch}",
+        "flavour": flavour,
+        "filters": f"--cuda {cell.cuda} --python {cell.python} --torch {cell.torch} --flavour {flavour}",
+        "make": f"CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch} FLAVOUR={flavour}",
     }
 
 

@@ -83,16 +83,26 @@ def base_stage_key(req: BuildRequest) -> tuple:
     return req.build_args.get("BASE_IMAGE", cell.base_image), cell.python, cell.pip, cell.os_packages
 
 
-def shared_base_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
-    """One `base`-stage build per group of two or more cells that share it, so parallel builds don't repeat it."""
-    groups: dict[tuple, list[BuildRequest]] = {}
-    for req in requests:
-        groups.setdefault(base_stage_key(req), []).append(req)
-    return [
-        replace(group[0], lock=None, target="base", content_tag=group[0].content_tag.replace(
-            f":{group[0].cell.name}-", f":{group[0].cell.name}-basestage-"))
-        for group in groups.values() if len(group) > 1
-    ]
+def torch_stage_key(req: BuildRequest) -> tuple:
+    """What the `torch` stage depends on: the flavours of a cell share it."""
+    cell = req.cell
+    return base_stage_key(req), cell.torch_pin, cell.companions, index_url(req), cell.pre
+
+
+def shared_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
+    """One build per stage that two or more cells share (`base`, then `torch`), so parallel builds don't repeat it."""
+    stages = []
+    for key, target in ((base_stage_key, "base"), (torch_stage_key, "torch")):
+        groups: dict[tuple, list[BuildRequest]] = {}
+        for req in requests:
+            groups.setdefault(key(req), []).append(req)
+        stages += [stage_request(group[0], target) for group in groups.values() if len(group) > 1]
+    return stages
+
+
+def stage_request(req: BuildRequest, target: str) -> BuildRequest:
+    digest = req.content_tag.rsplit("-", 1)[1]
+    return replace(req, lock=None, target=target, content_tag=content_tag(req.cell, digest, stage=target))
 
 
 def check_index(url: str, cell: Cell) -> None:
@@ -139,8 +149,8 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
         pending.append(req)
     todo = [item for item in pending if isinstance(item, BuildRequest)]
     if jobs > 1:
-        for stage in shared_base_stages([r for r in todo if not r.nocache]):
-            engine.build(client, stage, _quiet)
+        for stage in shared_stages([r for r in todo if not r.nocache]):
+            engine.build(client, stage, listener)  # its progress shows on the first cell of the group
     built = iter(run_parallel(lambda req: _build_one(req, listener), todo, jobs))
     return [item if isinstance(item, BuildOutcome) else next(built) for item in pending]
 
@@ -152,10 +162,6 @@ def _build_one(req: BuildRequest, listener: Listener) -> BuildOutcome:
     except UsageError as exc:
         return BuildOutcome(req.cell.name, "failed", req.tags, error=str(exc))
     return engine.build(client, req, listener)
-
-
-def _quiet(cell: str, step, line) -> None:
-    """Shared stages are built before the cells' own progress starts; their output is not shown."""
 
 
 def write_report(path: Path, outcomes: list[BuildOutcome]) -> None:

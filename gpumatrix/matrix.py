@@ -20,6 +20,14 @@ TorchVersion = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+(\.dev\d
 Cuda = Annotated[str, StringConstraints(pattern=r"^(\d+\.\d+|cpu)$")]
 Arch = Annotated[str, StringConstraints(pattern=r"^sm_\d{2,3}a?$")]
 Layer = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+def _not_none(name: str) -> str:
+    if name == "none":
+        raise ValueError("`none` is what --flavour none means (the cells without a flavour); pick another name")
+    return name
+
+
+# A suffix of cell names and tags.
+Flavour = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$"), AfterValidator(_not_none)]
 ImageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")]
 REGISTRY_PATTERN = r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"  # host[:port][/namespace...]
 Registry = Annotated[str, StringConstraints(pattern=REGISTRY_PATTERN)]
@@ -76,9 +84,13 @@ class Override(Settings):
 
 
 class Include(_Strict):
+    """One more cell. With `flavour`, a second image on the torch stage of the plain cell, with its own layers."""
+
     cuda: Cuda
     python: Version
     torch: TorchVersion
+    flavour: Flavour | None = None
+    layers: list[Layer] | None = None
 
 
 class Axes(_Strict):
@@ -159,6 +171,7 @@ def _pattern_hint(loc: tuple) -> str:
         "image": "lower-case repository name",
         "registry": "a registry host[:port][/namespace]",
         "layers": "a layer is the name of a requirements/<name>.in file",
+        "flavour": "a flavour is lower case letters and digits, dashes between, e.g. serve",
     }
     return hints.get(last, "a version such as 3.11 or 2.7.1")
 

@@ -11,20 +11,26 @@ from .cells import Cell, Expansion, cell_name
 from .errors import UsageError
 
 
+PLAIN = "none"  # --flavour none: only the cells without a flavour (CI jobs select exactly one cell with it)
+
+
 @dataclass(frozen=True)
 class Filters:
     cuda: str | None = None
     python: str | None = None
     torch: str | None = None
+    flavour: str | None = None
 
     def matches(self, cell: Cell) -> bool:
         return all(
             want is None or want == got
-            for want, got in ((self.cuda, cell.cuda), (self.python, cell.python), (self.torch, cell.torch))
+            for want, got in ((self.cuda, cell.cuda), (self.python, cell.python), (self.torch, cell.torch),
+                              (self.flavour, cell.flavour or PLAIN))
         )
 
     def describe(self) -> str:
-        given = [f"--{k} {v}" for k, v in (("cuda", self.cuda), ("python", self.python), ("torch", self.torch)) if v]
+        given = [f"--{k} {v}" for k, v in (("cuda", self.cuda), ("python", self.python), ("torch", self.torch),
+                                           ("flavour", self.flavour)) if v]
         return " ".join(given) or "(no filters)"
 
 
@@ -40,6 +46,8 @@ def choose_one(expansion: Expansion, filters: Filters) -> tuple[Cell, str]:
     """One cell: the matrix's default Python and the default torch for the CUDA, unless the filters narrow them."""
     candidates = select(expansion, filters)
     reasons = []
+    if filters.flavour is None and any(c.flavour is None for c in candidates):
+        candidates = [c for c in candidates if c.flavour is None]  # a flavour is only built when asked for
     if filters.python is None:
         default_py = expansion.matrix.defaults.python
         if any(c.python == default_py for c in candidates):

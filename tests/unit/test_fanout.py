@@ -64,20 +64,20 @@ def test_github_matrix_has_one_entry_per_cell_with_filters_that_select_exactly_i
     cells = expanded_cells()
     assert [e["cell"] for e in matrix["include"]] == [c["name"] for c in cells]
     for entry in matrix["include"]:
-        assert {"cell", "cuda", "python", "torch", "filters", "make"} <= set(entry)
+        assert {"cell", "cuda", "python", "torch", "flavour", "filters", "make"} <= set(entry)
         assert all(isinstance(v, str) for v in entry.values())
     # The filters of an entry select exactly its cell (checked through the CLI, for a few entries).
     for entry in matrix["include"][:: max(1, len(matrix["include"]) // 4)] + [matrix["include"][-1]]:
         chosen = build("list", "--format", "json", *entry["filters"].split())
         assert [c["name"] for c in json.loads(chosen.stdout)] == [entry["cell"]]
         make = dict(kv.split("=") for kv in entry["make"].split())
-        assert make == {"CUDA": entry["cuda"], "PYTHON": entry["python"], "TORCH": entry["torch"]}
+        assert make == {"CUDA": entry["cuda"], "PYTHON": entry["python"], "TORCH": entry["torch"], "FLAVOUR": "none"}
 
 
 def test_github_matrix_takes_filters():
     matrix = json.loads(build("matrix", "--format", "github", "--cuda", "cpu").stdout)
     assert [e["cell"] for e in matrix["include"]] == [CPU]
-    assert matrix["include"][0]["filters"] == "--cuda cpu --python 3.11 --torch 2.13.0"
+    assert matrix["include"][0]["filters"] == "--cuda cpu --python 3.11 --torch 2.13.0 --flavour none"
 
 
 def test_matrix_with_a_filter_that_matches_nothing_is_bad_input():
