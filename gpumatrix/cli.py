@@ -264,6 +264,7 @@ def cmd_build(args) -> int:
     project, expansion = load(args.matrix)
     cells = chosen_cells(args, expansion, "building")
     overrides = overrides_of(args)
+    _note_unpinned(cells, overrides)
     requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
         outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
@@ -278,6 +279,16 @@ def cmd_build(args) -> int:
     if failed:
         raise WorkFailed(f"{len(failed)} of {len(outcomes)} cells failed: {', '.join(failed)}")
     return 0
+
+
+def _note_unpinned(cells: list, overrides: Overrides) -> None:
+    """A build on a base named by tag alone works, but what it pulls can change under the same tag: say so."""
+    used = {ref for c in cells for ref, overridden in ((c.base_image, overrides.base_image),
+                                                         (c.runtime_image, overrides.runtime_image)) if not overridden}
+    unpinned = sorted(ref for ref in used if bases.parse_reference(ref).digest is None)
+    if unpinned:
+        report.info(f"note: base image(s) named by tag, not digest: {', '.join(unpinned)}; "
+                    "`make bases` pins them in locks/bases.yaml")
 
 
 def cmd_lock(args) -> int:
