@@ -91,4 +91,4 @@ clean:
 	rm -rf out .pytest_cache
 
 bench: venv
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py $(if $(filter-out cpu,$(CUDA)),--cuda) $(ARGS)

@@ -1,8 +1,11 @@
 """`make bench`: time and size figures of the build pipeline, each printed as a ratio with its raw numbers.
 
-Everything is measured side by side in one run, on the CPU cell of the shipped matrix built against the stand-in
-base and the loopback torch index (the same stand-ins `make demo` and the tests use), through the commands users
-run (`make image`, `build.py lock`, `build.py build`). See docs/PERFORMANCE.md.
+Everything is measured side by side in one run, on one cell of the shipped matrix built against the stand-in base and
+a loopback torch index (the same stand-ins `make demo` and the tests use), through the commands users run
+(`make image`, `build.py lock`, `build.py build`). Default: the CPU cell. `--cuda`: the CUDA 13.0 cell
+(cu13.0-py3.11-torch2.14.1, the real CUDA build of torch 2.14.1 relabelled +cu130, the fine-tuning app layer); it has
+no committed lock, so the bench locks it first. Every image the bench builds is removed at the end.
+See docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -17,17 +20,67 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import docker  # noqa: E402
+from packaging.utils import canonicalize_name, parse_wheel_filename  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
 from gpumatrix import engine  # noqa: E402
-from gpumatrix.standins import LoopbackIndex, ensure_standin_base  # noqa: E402
+from gpumatrix.errors import UsageError  # noqa: E402
+from gpumatrix.standins import LoopbackIndex, StandinError, ensure_standin_base  # noqa: E402
 
 CACHE = ROOT / ".cache"
-CELL = "cpu-py3.11-torch2.13.0"
+REGISTRY = "gpumatrix-bench.local"  # the project copy's registry: every image the bench tags is its own
 ROWS: list[tuple[str, str, str, str]] = []
+NOTES: list[str] = []
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The cell a run measures and what its stand-ins need."""
+    cell: str
+    filters: dict[str, str]  # --cuda/--python/--torch of build.py; CUDA=/PYTHON=/TORCH= of make
+    layer: str  # the requirements/<layer>.in the cell's app layer is made of
+    index_dir: str
+    wheels: list[str]  # what the loopback index holds
+    local_version: dict[str, str] = field(default_factory=dict)
+    torch_pins: list[str] = field(default_factory=list)  # what the naive build installs from the torch index
+    sole_versions: list[str] = field(default_factory=list)  # pins whose other versions the index must not offer
+    lock_repeats: int = 3
+    committed_lock: bool = True
+
+
+CPU = Mode(cell="cpu-py3.11-torch2.13.0", filters={"cuda": "cpu"}, layer="cpu", index_dir="index-cpu",
+           wheels=["torch==2.13.0"], torch_pins=["torch==2.13.0+cpu"])
+# The shipped cell names torchvision as a companion, so the index holds it too (the test fixture's index-cu130 holds
+# torch only, for a matrix without companions). fsspec is pinned the way the real PyTorch index serves its own copy:
+# with PyPI's newest (2026.9.0) in the torch stage, pip-compile of app.in backtracked for 10+ minutes without an end
+# (datasets caps fsspec, 5.0.1 at <=2026.6.0).
+CUDA = Mode(cell="cu13.0-py3.11-torch2.14.1", filters={"cuda": "13.0", "python": "3.11", "torch": "2.14.1"},
+            layer="app", index_dir="index-cu130-bench",
+            wheels=["torch==2.14.1", "torchvision==0.29.1", "fsspec==2026.6.0"],
+            local_version={"torch": "cu130", "torchvision": "cu130"},
+            torch_pins=["torch==2.14.1+cu130", "torchvision==0.29.1+cu130"], sole_versions=["fsspec==2026.6.0"],
+            lock_repeats=1, committed_lock=False)
+
+
+class BenchError(Exception):
+    """A step of the bench failed: one line (and the command's output tail), no traceback."""
+
+
+def drop_other_versions(index: LoopbackIndex, pins: list[str]) -> None:
+    """Remove the index's wheels of these projects in any other version, so the torch stage gets the pinned one."""
+    wanted = {canonicalize_name(name): Version(version) for name, version in (p.split("==") for p in pins)}
+    for wheel in index.files_dir.glob("*.whl"):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        pin = wanted.get(canonicalize_name(name))
+        if pin is not None and Version(version.public) != pin:
+            wheel.unlink()
 
 
 def log(message: str) -> None:
@@ -39,7 +92,7 @@ def timed(cmd: list[str], cwd: Path = ROOT) -> float:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd[:4])} ... failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        raise BenchError(f"{' '.join(cmd[:6])} ... failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return elapsed
 
 
@@ -48,16 +101,31 @@ def row(what: str, ratio: float, raw: str, target: str) -> None:
     log(f"{what}: {ratio:.3f} ({raw}; target {target})")
 
 
+def note(text: str) -> None:
+    NOTES.append(text)
+    log(text)
+
+
 def project_copy() -> Path:
+    """The shipped matrix, templates, requirements and locks, with the registry set to the bench's own."""
     root = Path(tempfile.mkdtemp(prefix="gpumatrix-bench-"))
     for name in ("templates", "requirements", "locks"):
         shutil.copytree(ROOT / name, root / name)
-    shutil.copy(ROOT / "matrix.yaml", root / "matrix.yaml")
+    matrix = (ROOT / "matrix.yaml").read_text().replace("registry: ghcr.io/acme", f"registry: {REGISTRY}", 1)
+    (root / "matrix.yaml").write_text(matrix)
     return root
 
 
 def cli(project: Path, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "build.py"), "--matrix", str(project / "matrix.yaml"), *args]
+
+
+def cell_args(mode: Mode) -> list[str]:
+    return [arg for key, value in mode.filters.items() for arg in (f"--{key}", value)]
+
+
+def make_filters(mode: Mode) -> list[str]:
+    return [f"{key.upper()}={value}" for key, value in mode.filters.items()]
 
 
 def bench_list_render() -> None:
@@ -66,36 +134,53 @@ def bench_list_render() -> None:
         row(f"`{name}` of the shipped matrix / 1 s", seconds, f"{seconds:.2f} s, median of 3", "< 1")
 
 
-def fresh_base(client, base: str) -> str:
-    """A copy of the stand-in base with an image id of its own, so the first build of this run is truly cold
+def fresh_base(client, base: str, tag: str) -> str:
+    """A copy of the stand-in base with an image id of its own, so the first build on it is truly cold
     (`--no-cache` would start a second chain of layers beside the cached one, and later builds may follow either)."""
     container = client.containers.create(base, ["true"])
     try:
-        container.commit(repository="gpumatrix-bench", tag="base",
-                                 changes=[f"LABEL io.gpumatrix.bench={time.time_ns()}"])
+        container.commit(repository="gpumatrix-bench", tag=tag, changes=[f"LABEL io.gpumatrix.bench={time.time_ns()}"])
     finally:
         container.remove(force=True)
-    return "gpumatrix-bench:base"
+    return f"gpumatrix-bench:{tag}"
 
 
-def bench_builds(project: Path, overrides: list[str], make_vars: list[str]) -> tuple[float, str]:
-    cold = timed(cli(project, "build", "--cuda", "cpu", *overrides))
-    noop = timed(["make", "-s", "image", f"MATRIX={project / 'matrix.yaml'}", "CUDA=cpu", *make_vars])
+def overrides_for(base: str, index: LoopbackIndex) -> list[str]:
+    return ["--base-image", base, "--runtime-image", base, "--index-url", index.url, "--network", "host"]
+
+
+def make_vars_for(base: str, index: LoopbackIndex) -> list[str]:
+    return [f"BASE_IMAGE={base}", f"RUNTIME_IMAGE={base}", f"INDEX_URL={index.url}", "NETWORK=host"]
+
+
+def lock_uncommitted_cell(client, mode: Mode, project: Path, standin: str, index: LoopbackIndex) -> None:
+    """Lock a cell that has no committed lock, on a base copy of its own so the cold build that follows stays cold."""
+    base = fresh_base(client, standin, "lock-base")
+    seconds = timed(cli(project, "lock", *cell_args(mode), *overrides_for(base, index)))
+    note(f"first lock of {mode.cell} (builds its torch stage, installs pip-tools, pip-compile): {seconds:.0f} s")
+    remove_descendants(client, base)
+
+
+def bench_builds(mode: Mode, project: Path, overrides: list[str], make_vars: list[str]) -> str:
+    cold = timed(cli(project, "build", *cell_args(mode), *overrides))
+    noop = timed(["make", "-s", "image", f"MATRIX={project / 'matrix.yaml'}", *make_filters(mode), *make_vars])
     row("no-op `make image` (content tag present) / cold build", noop / cold,
         f"{noop:.2f} s / {cold:.1f} s", "<= 0.05 and < 2 s")
-    layer = project / "requirements" / "cpu.in"
+    layer = project / "requirements" / f"{mode.layer}.in"
     layer.write_text(layer.read_text() + "packaging>=24\n")
-    timed(cli(project, "lock", "--cuda", "cpu", *overrides))
-    warm = timed(cli(project, "build", "--cuda", "cpu", *overrides))
+    relock = timed(cli(project, "lock", *cell_args(mode), *overrides))
+    note(f"lock after the app layer changed (torch stage cached): {relock:.1f} s")
+    warm = timed(cli(project, "build", *cell_args(mode), *overrides))
     row("rebuild after only the app lock changed / cold build", warm / cold, f"{warm:.1f} s / {cold:.1f} s", "<= 0.15")
     report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
-    return cold, report["tags"][0]
+    return report["tags"][0]
 
 
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
     image = client.images.get(image_ref)
     env_bytes = int(client.containers.run(image_ref, ["bash", "-c", "du -sb /opt/venv /opt/gpumatrix | "
-                                                      "awk '{s+=$1} END {print s}'"], remove=True).decode())
+                                                      "awk '{s+=$1} END {print s}'"], remove=True,
+                                          network_mode="none").decode())
     base_bytes = client.images.get(runtime_base).attrs["Size"]
     size = image.attrs["Size"]
     row("final image / (environment + runtime base)", size / (env_bytes + base_bytes),
@@ -103,43 +188,105 @@ def bench_size(client, image_ref: str, runtime_base: str) -> int:
     return size
 
 
-NAIVE = """\
+NAIVE_CPU = """\
 # The seed's audited pattern: one stage on the devel base; torch first, then a requirements file naming torch again.
 FROM {base}
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install numpy
-RUN pip install --index-url {index} torch==2.13.0+cpu
+RUN pip install --index-url {index} {torch_pins}
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt
 """
 
+NAIVE_CUDA = """\
+# The seed's audited Dockerfile, on the devel base: numpy first, torch (+ companion) from the torch index, a
+# constraints file of bare versions, then requirements.txt (which names torch again) from PyPI with no --index-url.
+FROM {base}
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --no-cache-dir "numpy>=2,<3"
+RUN pip install --no-cache-dir --index-url {index} {torch_pins}
+RUN printf '%s\\n' {bare_pins} > /tmp/constraints.txt
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --constraint /tmp/constraints.txt -r /tmp/requirements.txt
+"""
 
-def bench_naive(client, project: Path, base: str, index: str, size: int) -> None:
-    lock = (project / "locks" / f"{CELL}.txt").read_text()
-    names = [line.split(" ")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")]
-    requirements = "\n".join(["torch==2.13.0", *names]) + "\n"
+
+def bare_pins(mode: Mode) -> list[str]:
+    """torch==2.14.1+cu130 -> torch==2.14.1: what the seed's requirements.txt and constraints file say."""
+    return [pin.split("+")[0] for pin in mode.torch_pins]
+
+
+def naive_requirements(mode: Mode, project: Path) -> str:
+    """torch again, then the app packages: the lock's names (CPU, as measured before) or the .in lines (CUDA)."""
+    if mode is CPU:
+        lock = (project / "locks" / f"{mode.cell}.txt").read_text()
+        names = [line.split(" ")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")]
+    else:
+        source = (ROOT / "requirements" / f"{mode.layer}.in").read_text()
+        names = [line.strip() for line in source.splitlines() if line.strip() and not line.startswith("#")]
+    return "\n".join([*bare_pins(mode), *names]) + "\n"
+
+
+def naive_context(mode: Mode, project: Path, base: str, index: str) -> io.BytesIO:
+    template = NAIVE_CPU if mode is CPU else NAIVE_CUDA
+    dockerfile = template.format(base=base, index=index, torch_pins=" ".join(mode.torch_pins),
+                                 bare_pins=" ".join(bare_pins(mode)))
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, text in (("Dockerfile", NAIVE.format(base=base, index=index)), ("requirements.txt", requirements)):
+        for name, text in (("Dockerfile", dockerfile), ("requirements.txt", naive_requirements(mode, project))):
             info = tarfile.TarInfo(name)
             info.size = len(text.encode())
             tar.addfile(info, io.BytesIO(text.encode()))
     context.seek(0)
+    return context
+
+
+def build_naive(client, context: io.BytesIO) -> tuple[float, list[str]]:
+    """Build gpumatrix-bench:naive; return the seconds and the output lines of its last step."""
     started = time.perf_counter()
+    last_step: list[str] = []
     for chunk in client.api.build(fileobj=context, custom_context=True, tag="gpumatrix-bench:naive",
                                   network_mode="host", rm=True, decode=True, nocache=True):
         if "error" in chunk:
-            sys.exit(f"bench: naive build failed: {chunk['error']}")
-    elapsed = time.perf_counter() - started
+            raise BenchError(f"naive build failed: {chunk['error']}")
+        text = chunk.get("stream", "")
+        last_step = [text] if text.startswith("Step ") else last_step + [text]
+    return time.perf_counter() - started, "".join(last_step).splitlines()
+
+
+def report_naive_torch(client, mode: Mode, last_step: list[str]) -> None:
+    """What pip did with torch when requirements.txt named it again: kept it, or installed a second copy."""
+    versions = client.containers.run("gpumatrix-bench:naive", ["python", "-c", "import importlib.metadata as m; print("
+                                     + ", ".join(f"m.version({p.split('==')[0]!r})" for p in mode.torch_pins) + ")"],
+                                     entrypoint=[], remove=True, network_mode="none").decode().split()
+    installed = [line for line in last_step if line.startswith("Successfully installed")]
+    again = [name for name in (p.split("==")[0] for p in mode.torch_pins)
+             if any(f" {name}-" in line for line in installed)]
+    history = client.api.history("gpumatrix-bench:naive")
+    sizes = {("requirements" if "requirements.txt" in h["CreatedBy"] and "pip install" in h["CreatedBy"] else
+              "torch" if "--index-url" in h["CreatedBy"] else "other"): h["Size"] for h in history if h["Size"]}
+    wanted = [p.split("==")[1] for p in mode.torch_pins]
+    verdict = ("kept the torch-index build (one copy of torch)" if not again and versions == wanted else
+               f"reinstalled {', '.join(again) or 'torch'}: a second copy in the image's layers")
+    note(f"naive build: pip {verdict}; installed {' '.join(versions)}; torch layer "
+         f"{sizes.get('torch', 0) / 1e6:.0f} MB, requirements.txt layer {sizes.get('requirements', 0) / 1e6:.0f} MB")
+
+
+def bench_naive(client, mode: Mode, project: Path, base: str, index: str, size: int) -> None:
+    elapsed, last_step = build_naive(client, naive_context(mode, project, base, index))
     naive = client.images.get("gpumatrix-bench:naive").attrs["Size"]
     row("final image / naive single-stage build of the same packages", size / naive,
         f"{size / 1e6:.0f} MB / {naive / 1e6:.0f} MB (naive built in {elapsed:.0f} s)", "<= 0.6 for a CUDA cell")
+    report_naive_torch(client, mode, last_step)
+    note("on the stand-ins the naive build and the runtime stage share one base, so the devel-vs-runtime base "
+         "difference of the real nvidia/cuda images (cudnn-devel against -base) cannot show in the size ratio")
 
 
 def bare_pip_compile(client, tools_image: str, inputs: str) -> float:
-    script = ("mkdir -p /tmp/b && cd /tmp/b && cat > cpu.in <<'EOF'\n" + inputs + "EOF\n"
-              "/tmp/gpumatrix-tools/bin/pip-compile --quiet --generate-hashes -o lock.txt cpu.in")
+    script = ("mkdir -p /tmp/b && cd /tmp/b && cat > layer.in <<'EOF'\n" + inputs + "EOF\n"
+              "/tmp/gpumatrix-tools/bin/pip-compile --quiet --generate-hashes -o lock.txt layer.in")
     container = client.containers.run(tools_image, ["sleep", "infinity"], detach=True, network_mode="host",
                                       entrypoint=[])
     try:
@@ -149,22 +296,31 @@ def bare_pip_compile(client, tools_image: str, inputs: str) -> float:
     finally:
         container.remove(force=True)
     if code != 0:
-        sys.exit(f"bench: bare pip-compile failed: {output.decode()[-2000:]}")
+        raise BenchError(f"bare pip-compile failed: {output.decode()[-2000:]}")
     return elapsed
 
 
-def bench_lock(client, project: Path, overrides: list[str]) -> None:
-    """Both in turn, three times each (PyPI's response times vary); the torch stage and pip-tools are cached."""
-    timed(cli(project, "lock", "--cuda", "cpu", *overrides))
-    tools = sorted(client.images.list(name="gpumatrix-locktools"), key=lambda i: i.attrs["Created"])[-1]
-    inputs = (project / "requirements" / "cpu.in").read_text()
+def newest_tools_image(client, torch_stage_ids: set[str]) -> str:
+    """The pip-tools image `build.py lock` made on this run's torch stage."""
+    mine = [i for i in client.images.list(name="gpumatrix-locktools") if i.attrs.get("Parent") in torch_stage_ids]
+    if not mine:
+        raise BenchError("no gpumatrix-locktools image on this run's torch stage")
+    return sorted(mine, key=lambda i: i.attrs["Created"])[-1].id
+
+
+def bench_lock(client, mode: Mode, project: Path, overrides: list[str]) -> None:
+    """Both in turn (PyPI's response times vary); the torch stage and pip-tools are cached."""
+    timed(cli(project, "lock", *cell_args(mode), *overrides))
+    tools = newest_tools_image(client, {i.id for i in client.images.list(name=f"{REGISTRY}/gpu-images")})
+    inputs = (project / "requirements" / f"{mode.layer}.in").read_text()
     ours, bare = [], []
-    for _ in range(3):
-        ours.append(timed(cli(project, "lock", "--cuda", "cpu", *overrides)))
-        bare.append(bare_pip_compile(client, tools.id, inputs))
+    for _ in range(mode.lock_repeats):
+        ours.append(timed(cli(project, "lock", *cell_args(mode), *overrides)))
+        bare.append(bare_pip_compile(client, tools, inputs))
     o, b = statistics.median(ours), statistics.median(bare)
+    how = f"medians of {mode.lock_repeats}" if mode.lock_repeats > 1 else "one run each"
     row("`build.py lock` of one cell / bare pip-compile in the same container", o / b,
-        f"{o:.1f} s / {b:.1f} s, medians of 3", "<= 1.5")
+        f"{o:.1f} s / {b:.1f} s, {how}", "<= 1.5")
 
 
 def installer_script(tool: str, index: str) -> str:
@@ -192,37 +348,100 @@ def bench_installers(client, image_ref: str, index: str) -> None:
     row("uv / pip, app stage install (hashes + constraints)", ua / pa, f"{ua:.1f} s / {pa:.1f} s", "informative")
 
 
-def print_table() -> None:
+def descends_from(client, image_id: str, ancestor: str, parents: dict[str, str]) -> bool:
+    while image_id:
+        if image_id == ancestor:
+            return True
+        if image_id not in parents:
+            try:
+                parents[image_id] = client.api.inspect_image(image_id).get("Parent", "")
+            except docker.errors.NotFound:  # removed meanwhile (another run's cleanup)
+                return False
+        image_id = parents[image_id]
+    return False
+
+
+def remove_descendants(client, base_tag: str) -> None:
+    """Remove every image built on a base copy of this run (tagged, locktools, dangling stages), then the copy."""
+    try:
+        ancestor = client.images.get(base_tag).id
+    except docker.errors.ImageNotFound:
+        return
+    parents: dict[str, str] = {}
+    images = sorted(client.images.list(), key=lambda i: i.attrs["Created"], reverse=True)  # children first
+    for image in images:
+        if image.id != ancestor and descends_from(client, image.id, ancestor, parents):
+            remove_image(client, image.id)
+    remove_image(client, base_tag)
+
+
+def remove_image(client, ref: str) -> None:
+    try:
+        client.images.remove(ref, force=True)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        log(f"could not remove {ref}: {exc.explanation}")
+
+
+def print_table(mode: Mode) -> None:
+    print(f"cell {mode.cell}, stand-in base, loopback torch index")
     print("| figure | ratio | raw | target |")
     print("|---|---|---|---|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")
+    for text in NOTES:
+        print(f"- {text}")
+
+
+def run(client, mode: Mode, args: argparse.Namespace) -> None:
+    standin = ensure_standin_base(client, CACHE, log=log)
+    index = LoopbackIndex(CACHE / mode.index_dir)
+    index.fill(mode.wheels, local_version=mode.local_version, log=log)
+    drop_other_versions(index, mode.sole_versions)
+    project = project_copy()
+    try:
+        with index:
+            if not mode.committed_lock:
+                lock_uncommitted_cell(client, mode, project, standin, index)
+            base = fresh_base(client, standin, "base")
+            overrides, make_vars = overrides_for(base, index), make_vars_for(base, index)
+            bench_list_render()
+            image_ref = bench_builds(mode, project, overrides, make_vars)
+            size = bench_size(client, image_ref, base)
+            bench_naive(client, mode, project, base, index.url, size)
+            bench_lock(client, mode, project, overrides)
+            if mode is CPU and not args.skip_installers:
+                bench_installers(client, image_ref, index.url)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+        remove_image(client, "gpumatrix-bench:naive")
+        for tag in ("gpumatrix-bench:base", "gpumatrix-bench:lock-base"):
+            remove_descendants(client, tag)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-installers", action="store_true", help="leave out the pip/uv comparison")
+    parser.add_argument("--cuda", action="store_true", help=f"measure the CUDA 13.0 cell {CUDA.cell} instead")
+    parser.add_argument("--skip-installers", action="store_true", help="leave out the pip/uv comparison (CPU)")
     args = parser.parse_args()
-    client = engine.connect()
-    base = fresh_base(client, ensure_standin_base(client, CACHE, log=log))
-    index = LoopbackIndex(CACHE / "index-cpu")
-    index.fill(["torch==2.13.0"], log=log)
-    project = project_copy()
-    with index:
-        overrides = ["--base-image", base, "--runtime-image", base, "--index-url", index.url, "--network", "host"]
-        make_vars = [f"BASE_IMAGE={base}", f"RUNTIME_IMAGE={base}", f"INDEX_URL={index.url}", "NETWORK=host"]
-        bench_list_render()
-        _, image_ref = bench_builds(project, overrides, make_vars)
-        size = bench_size(client, image_ref, base)
-        bench_naive(client, project, base, index.url, size)
-        bench_lock(client, project, overrides)
-        if not args.skip_installers:
-            bench_installers(client, image_ref, index.url)
-    shutil.rmtree(project, ignore_errors=True)
-    for tag in ("gpumatrix-bench:naive", "gpumatrix-bench:base"):
-        client.images.remove(tag, force=True)
-    print_table()
+    mode = CUDA if args.cuda else CPU
+    try:
+        run(engine.connect(), mode, args)
+    except (BenchError, StandinError, UsageError) as exc:
+        return failed(mode, str(exc))
+    except docker.errors.DockerException as exc:
+        return failed(mode, f"Docker engine: {exc}")
+    print_table(mode)
     return 0
+
+
+def failed(mode: Mode, reason: str) -> int:
+    """Say why in one message, after the figures measured before the failure."""
+    if ROWS:
+        print_table(mode)
+    print(f"bench: {reason}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
