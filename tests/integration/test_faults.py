@@ -2,8 +2,9 @@
 during a lock, an output directory with no room. Each ends with one clear message, exit 1, a report (or the old
 file) that says exactly what happened, and nothing tagged or written that claims to be fresh.
 
-The engine faults run on a second dockerd of their own (own socket, data root and exec root), so killing it or
-filling its disk cannot disturb the engine the rest of the suite uses.
+The engine faults run on a second dockerd of their own (own socket, data root, exec root and bridge), so killing it
+or filling its disk cannot disturb the engine the rest of the suite uses. (Not `--bridge=none`: a dockerd started
+with it deletes the `docker0` interface, which the first engine's containers need.)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ REPOSITORY = "ghcr.io/acme/gpu-images"
 TORCH_CPU_REQUIREMENT = "torch==2.13.0"
 
 
+BRIDGE, BRIDGE_CIDR = "gm-faults0", "172.31.254.1/24"
+
+
 class Engine:
     """A dockerd on a socket of its own; `kill` is SIGKILL (a crash), `start` brings it back on the same data."""
 
@@ -49,7 +53,7 @@ class Engine:
         self.proc = subprocess.Popen(
             ["dockerd", "--data-root", str(self.data), "--exec-root", str(self.root / "exec"),
              "--pidfile", str(self.root / "dockerd.pid"), "-H", self.host,
-             "--bridge=none", "--iptables=false", "--ip6tables=false"],
+             "--bridge", BRIDGE, "--iptables=false", "--ip6tables=false"],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -90,13 +94,25 @@ def unmount_under(path: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
+def default_bridge_works(client, image: str) -> bool:
+    """The first engine can still start a container on its default network (docker0)."""
+    try:
+        client.containers.run(image, ["true"], entrypoint=[], remove=True)
+        return True
+    except docker.errors.APIError:
+        return False
+
+
 @contextlib.contextmanager
 def second_engine(standin_base: str, main_client, tmpfs_size: str | None = None):
     assert shutil.which("dockerd"), "dockerd not found: apt-get install docker.io"  # never a skip: CI has it
     root = Path(tempfile.mkdtemp(prefix="gm-engine-", dir="/tmp"))  # short: unix socket paths are limited
     engine = Engine(root)
     engine.data.mkdir()
+    ip("link", "add", BRIDGE, "type", "bridge")
     try:
+        ip("addr", "add", BRIDGE_CIDR, "dev", BRIDGE)
+        ip("link", "set", BRIDGE, "up")
         if tmpfs_size:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(engine.data)], check=True)
         client = engine.start()
@@ -106,6 +122,12 @@ def second_engine(standin_base: str, main_client, tmpfs_size: str | None = None)
         engine.stop()
         unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
+        ip("link", "delete", BRIDGE)
+
+
+def ip(*args: str) -> None:
+    assert shutil.which("ip"), "ip not found: apt-get install iproute2"
+    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 def start(project: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
@@ -168,6 +190,7 @@ def test_engine_killed_mid_build_fails_the_cell_in_the_report_and_tags_nothing(
 
         client = engine.start()
         assert client.images.list(name=REPOSITORY) == [], "an image of the cell was tagged by the dead build"
+    assert default_bridge_works(docker_client, standin_base), "the second engine broke the first one's network"
 
 
 def test_engine_disk_full_fails_the_step_with_the_reason(tmp_project, standin_base, torch_index, docker_client):
@@ -183,6 +206,7 @@ def test_engine_disk_full_fails_the_step_with_the_reason(tmp_project, standin_ba
         assert record["status"] == "failed" and record["image_id"] is None
         assert "No space left on device" in record["error"]
         assert client.images.list(name=REPOSITORY) == []
+    assert default_bridge_works(docker_client, standin_base), "the second engine broke the first one's network"
 
 
 def test_index_gone_during_the_lock_writes_no_lock_and_leaves_no_container(tmp_project, standin_base, cache_dir,
