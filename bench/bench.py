@@ -176,6 +176,35 @@ def bench_builds(mode: Mode, project: Path, overrides: list[str], make_vars: lis
     return report["tags"][0]
 
 
+SERVE_LAYER = "tqdm\nrich>=13\n"  # the flavour's own small app layer
+
+
+def add_flavour(mode: Mode, project: Path) -> None:
+    """A `serve` flavour of the measured cell: same torch stage, its own small app layer."""
+    cuda, python, torch = mode.cell.split("-")
+    cuda = cuda if cuda == "cpu" else cuda.removeprefix("cu")
+    include = (f'  - {{cuda: "{cuda}", python: "{python.removeprefix("py")}", '
+               f'torch: "{torch.removeprefix("torch")}", flavour: serve, layers: [serve]}}\n')
+    matrix = project / "matrix.yaml"
+    matrix.write_text(matrix.read_text().replace("include:\n", "include:\n" + include, 1))
+    (project / "requirements" / "serve.in").write_text(SERVE_LAYER)
+
+
+def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: LoopbackIndex) -> None:
+    """Cold: the cell alone, then the cell and its flavour together with -j 2, each on a base copy of its own."""
+    add_flavour(mode, project)
+    lock_base = fresh_base(client, standin, "flavour-lock-base")
+    timed(cli(project, "lock", *cell_args(mode), "--flavour", "serve", *overrides_for(lock_base, index)))
+    remove_descendants(client, lock_base)
+    seconds = {}
+    for what, extra in (("one", ["--flavour", "none"]), ("two", ["--all", "-j", "2"])):
+        base = fresh_base(client, standin, f"shared-{what}")
+        seconds[what] = timed(cli(project, "build", *cell_args(mode), *extra, *overrides_for(base, index)))
+        remove_descendants(client, base)
+    row("two cells sharing a torch stage, built together (-j 2) / one cell", seconds["two"] / seconds["one"],
+        f"{seconds['two']:.1f} s / {seconds['one']:.1f} s (both cold)", "<= 1.3")
+
+
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
     image = client.images.get(image_ref)
     env_bytes = int(client.containers.run(image_ref, ["bash", "-c", "du -sb /opt/venv /opt/gpumatrix | "
@@ -411,12 +440,14 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             size = bench_size(client, image_ref, base)
             bench_naive(client, mode, project, base, index.url, size)
             bench_lock(client, mode, project, overrides)
+            bench_shared_stage(client, mode, project, standin, index)
             if mode is CPU and not args.skip_installers:
                 bench_installers(client, image_ref, index.url)
     finally:
         shutil.rmtree(project, ignore_errors=True)
         remove_image(client, "gpumatrix-bench:naive")
-        for tag in ("gpumatrix-bench:base", "gpumatrix-bench:lock-base"):
+        for tag in ("gpumatrix-bench:base", "gpumatrix-bench:lock-base", "gpumatrix-bench:flavour-lock-base",
+                    "gpumatrix-bench:shared-one", "gpumatrix-bench:shared-two"):
             remove_descendants(client, tag)
 
 
