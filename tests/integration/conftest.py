@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 
 import docker
 import pytest
@@ -14,6 +15,13 @@ from gpumatrix.standins import LoopbackIndex, ensure_standin_base
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 TORCH_CPU_REQUIREMENT = "torch==2.13.0"
+
+
+def pytest_configure(config):
+    """A run started as a background job (`make test &`, nohup, some CI runners) inherits SIGINT ignored, and so would
+    every build.py the tests start: the Ctrl-C tests would test nothing. Python's own handler is reset on exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
