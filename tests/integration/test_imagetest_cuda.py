@@ -1,0 +1,116 @@
+"""`build.py test` on the CUDA 13.0 cell, built with the real CUDA build of torch 2.14.1 on the stand-in base (about
+3 GB of wheels, cached under .cache). A module of its own so that its images, about 11 GB, are removed before the
+next module starts, and the CPU images of test_imagetest.py are gone before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from gpumatrix import imagetest
+from gpumatrix.standins import LoopbackIndex
+
+from test_imagetest import cli, leftover_containers, results
+
+CU130_CELL = "cu13.0-py3.11-torch2.14.1"
+REPO = Path(__file__).resolve().parents[2]
+
+CU130_MATRIX = """\
+image: gpu-images
+registry: ghcr.io/acme
+axes:
+  cuda: ["13.0"]
+  python: ["3.11"]
+  torch: ["2.14.1"]
+defaults:
+  python: "3.11"
+  torch: {}
+settings:
+  archs: [sm_80, sm_90, sm_120]
+  layers: []
+  companions: []
+"""
+
+
+def _stable_port(root: Path) -> int:
+    """The same loopback port for the same index, so the torch stage's build cache survives reruns."""
+    return 20000 + zlib.crc32(str(root.resolve()).encode()) % 20000
+
+
+@pytest.fixture(scope="module")
+def cu130_index(cache_dir):
+    index = LoopbackIndex(cache_dir / "index-cu130", port=_stable_port(cache_dir / "index-cu130"))
+    index.fill(["torch==2.14.1"], local_version={"torch": "cu130"})
+    try:
+        index.start()
+    except OSError:  # the port is taken: any port works, only the build cache is lost
+        index.port = 0
+        index.start()
+    yield index
+    index.stop()
+
+
+@pytest.fixture(scope="module")
+def cu130_project(tmp_path_factory, standin_base, cu130_index) -> Path:
+    root = tmp_path_factory.mktemp("cu130")
+    for name in ("templates", "requirements"):
+        shutil.copytree(REPO / name, root / name)
+    (root / "matrix.yaml").write_text(CU130_MATRIX)
+    listed = cli(root, "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    (cell,) = json.loads(listed.stdout)
+    assert cell["name"] == CU130_CELL and cell["torch"] == "2.14.1+cu130" and cell["archs"] == ["sm_80", "sm_90", "sm_120"]
+    started = time.monotonic()
+    result = cli(root, "build", "--cuda", "13.0", "--base-image", standin_base, "--runtime-image", standin_base,
+                 "--index-url", cu130_index.url, "--network", "host", timeout=3000)
+    assert result.returncode == 0, result.stderr[-5000:]
+    print(f"cu130 build: {time.monotonic() - started:.0f}s")
+    return root
+
+
+@pytest.mark.slow
+def test_cuda13_cell_passes_without_a_gpu(cu130_project, standin_base, docker_client):
+    started = time.monotonic()
+    result = cli(cu130_project, "test", "--cuda", "13.0", "--base-image", standin_base, "--runtime-image", standin_base)
+    print(f"suite on the cu130 image: {time.monotonic() - started:.0f}s")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    record, cases = results(cu130_project / "out" / "tests", CU130_CELL)
+    assert record["passed"] is True and record["gpu"] is False
+    archs = cases["test_compiled_archs_cover_the_target_archs"]
+    assert archs["outcome"] == "passed"
+    assert cases["test_torch_cuda_is_the_variants_cuda"]["outcome"] == "passed"
+    assert cases["test_nvidia_require_cuda"]["outcome"] == "passed"
+    expect = json.loads((cu130_project / "out" / "tests" / f"{CU130_CELL}.expect.json").read_text())
+    assert expect["cuda"] == "13.0" and expect["torch_pin"] == "2.14.1+cu130"
+    facts = docker_client.containers.run(
+        record["image_id"], ["python", "-c", "import torch; print(torch.version.cuda, *torch.cuda.get_arch_list(), "
+                             "torch._C._cuda_getArchFlags())"], entrypoint=[], remove=True, network_mode="none")
+    words = facts.decode().split()
+    assert words[0] == "13.0" and {"sm_80", "sm_90", "sm_120"} <= set(words[1:]), words
+
+
+@pytest.mark.slow
+def test_cuda13_copy_claiming_sm70_fails_the_arch_check(cu130_project, docker_client, tmp_path):
+    """The same code path as `build.py test` (container_for + run_suite), with sm_70 added to the expectations."""
+    expect = json.loads((cu130_project / "out" / "tests" / f"{CU130_CELL}.expect.json").read_text())
+    expect["archs"] = ["sm_70", *expect["archs"]]
+    edited = tmp_path / "sm70.expect.json"
+    edited.write_text(json.dumps(expect))
+    image = docker_client.images.get(expect["image"])
+    cell = type("CellName", (), {"name": CU130_CELL})()
+    with imagetest.container_for(docker_client, image.id, cell, gpu=False) as container:
+        code = imagetest.run_suite(f"docker://{container.id}", edited, tmp_path / "sm70.xml")
+    assert code == 1
+    cases = {c["name"]: c for c in imagetest.parse_junit(tmp_path / "sm70.xml")}
+    failed = {n for n, c in cases.items() if c["outcome"] == "failed"}
+    assert failed == {"test_compiled_archs_cover_the_target_archs"}, failed
+    message = cases["test_compiled_archs_cover_the_target_archs"]["message"]
+    assert "expected torch's compiled archs to cover the target archs sm_70 sm_80 sm_90 sm_120" in message
+    assert "no kernels for sm_70" in message and "sm_75" in message
+    assert not leftover_containers(docker_client, image.id)
