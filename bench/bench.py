@@ -173,7 +173,14 @@ def bench_builds(mode: Mode, project: Path, overrides: list[str], make_vars: lis
     warm = timed(cli(project, "build", *cell_args(mode), *overrides))
     row("rebuild after only the app lock changed / cold build", warm / cold, f"{warm:.1f} s / {cold:.1f} s", "<= 0.15")
     report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+    note_slowest_steps("rebuild after the lock change", report)
     return report["tags"][0]
+
+
+def note_slowest_steps(what: str, report: dict, count: int = 4) -> None:
+    steps = sorted(report["steps"], key=lambda step: step["seconds"], reverse=True)[:count]
+    note(f"{what}, slowest steps: " + "; ".join(
+        f"{step['stage']} {step['instruction'][:48]} {step['seconds']:.1f} s" for step in steps))
 
 
 SERVE_LAYER = "tqdm\nrich>=13\n"  # the flavour's own small app layer

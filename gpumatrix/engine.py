@@ -48,6 +48,7 @@ class Step:
     instruction: str
     stage: str
     cached: bool = False
+    seconds: float = 0.0  # from this step's header to the next one's (or the end of the build)
     output: list[str] = field(default_factory=list)
 
     @property
@@ -179,15 +180,39 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
 
 def _follow(stream, outcome: BuildOutcome, listener: Listener) -> str | None:
     image_id, stage = None, "base"
+    clock = StepClock(outcome)
     for chunk in stream:
         if "error" in chunk:
+            clock.stop()
             outcome.error = _failure_text(outcome, chunk)
             return None
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
         for line in chunk.get("stream", "").splitlines():
             stage = _on_line(line, outcome, stage, listener)
+        clock.tick()
+    clock.stop()
     return image_id
+
+
+class StepClock:
+    """Times each step of a build from its header to the next step's header (or the end of the stream)."""
+
+    def __init__(self, outcome: BuildOutcome):
+        self.outcome = outcome
+        self.count = 0
+        self.since = time.monotonic()
+
+    def tick(self) -> None:
+        if len(self.outcome.steps) != self.count:
+            now = time.monotonic()
+            if self.count:
+                self.outcome.steps[self.count - 1].seconds = round(now - self.since, 2)
+            self.count, self.since = len(self.outcome.steps), now
+
+    def stop(self) -> None:
+        if self.count:
+            self.outcome.steps[self.count - 1].seconds = round(time.monotonic() - self.since, 2)
 
 
 def _first_line(exc: Exception) -> str:
