@@ -214,9 +214,9 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
 
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
     image = client.images.get(image_ref)
-    env_bytes = int(client.containers.run(image_ref, ["bash", "-c", "du -sb /opt/venv /opt/gpumatrix | "
-                                                      "awk '{s+=$1} END {print s}'"], remove=True,
-                                          network_mode="none").decode())
+    # du's own total: mawk prints a sum over 2^31 as 6.5e+09
+    env_bytes = int(client.containers.run(image_ref, ["bash", "-c", "du -sbc /opt/venv /opt/gpumatrix | tail -1 | cut -f1"],
+                                          remove=True, network_mode="none").decode())
     base_bytes = client.images.get(runtime_base).attrs["Size"]
     size = image.attrs["Size"]
     row("final image / (environment + runtime base)", size / (env_bytes + base_bytes),
