@@ -14,7 +14,7 @@ from . import engine
 from .cli import load
 from .select import Filters, choose_one
 from .errors import UsageError
-from .standins import LoopbackIndex, StandinError, ensure_standin_base
+from .standins import LoopbackIndex, StandinError, cpu_index_requirements, ensure_standin_base
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
@@ -36,7 +36,7 @@ def main() -> int:
         log(str(exc))
         return 1
     index = LoopbackIndex(CACHE / "index-cpu")
-    index.fill(["torch==2.13.0"], log=log)
+    index.fill(cpu_index_requirements(), log=log)
     with index:
         log(f"stand-in base {base}; torch index {index.url}")
         make = ["make", "image", "CUDA=cpu", f"BASE_IMAGE={base}", f"RUNTIME_IMAGE={base}",

@@ -11,11 +11,10 @@ import docker
 import pytest
 
 from gpumatrix.standins import REPOSITORY as STANDIN_REPOSITORY
-from gpumatrix.standins import LoopbackIndex, ensure_standin_base
+from gpumatrix.standins import LoopbackIndex, cpu_index_requirements, ensure_standin_base
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-TORCH_CPU_REQUIREMENT = "torch==2.13.0"
 
 
 def pytest_configure(config):
@@ -110,7 +109,7 @@ def standin_base(docker_client, cache_dir) -> str:
 @pytest.fixture(scope="session")
 def torch_index(cache_dir):
     index = LoopbackIndex(cache_dir / "index-cpu")
-    index.fill([TORCH_CPU_REQUIREMENT])
+    index.fill(cpu_index_requirements())
     with index:
         yield index
 

@@ -24,12 +24,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from gpumatrix.standins import LoopbackIndex
+from gpumatrix.standins import LoopbackIndex, cpu_index_requirements
 
 REPO = Path(__file__).resolve().parents[2]
 CELL = "cpu-py3.11-torch2.13.0"
 REPOSITORY = "ghcr.io/acme/gpu-images"
-TORCH_CPU_REQUIREMENT = "torch==2.13.0"
 
 
 BRIDGE, BRIDGE_CIDR = "gm-faults0", "172.31.254.1/24"
@@ -217,7 +216,7 @@ def test_index_gone_during_the_lock_writes_no_lock_and_leaves_no_container(tmp_p
     cpu_in = tmp_project / "requirements" / "cpu.in"
     cpu_in.write_text(cpu_in.read_text() + "rich>=13\n")
     index = LoopbackIndex(cache_dir / "index-cpu")  # its own, on its own port: stopping it harms no other test
-    index.fill([TORCH_CPU_REQUIREMENT])
+    index.fill(cpu_index_requirements())
     index.start()
     try:
         proc, lines = start(tmp_project, "lock", "--cuda", "cpu", *stand_ins(standin_base, index.url))

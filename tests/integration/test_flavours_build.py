@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumatrix.standins import LoopbackIndex
+from gpumatrix.standins import LoopbackIndex, cpu_index_requirements
 
 REPO = Path(__file__).resolve().parents[2]
 PLAIN, SERVE = "cpu-py3.11-torch2.13.0", "cpu-py3.11-torch2.13.0-serve"
@@ -21,7 +21,7 @@ REPOSITORY = "gpumatrix.test/flavours/gpu-images"
 def cold_index(cache_dir):
     """An index of its own: its URL (a build argument of the torch stage) is new, so that stage is built cold."""
     index = LoopbackIndex(cache_dir / "index-cpu")
-    index.fill(["torch==2.13.0"])
+    index.fill(cpu_index_requirements())
     with index:
         yield index
 
