@@ -57,22 +57,6 @@ class StandinError(Exception):
 # --- stand-in base image ---------------------------------------------------
 
 
-CPU_TORCH = "torch==2.13.0"
-CPU_LOCK = pathlib.Path(__file__).resolve().parents[1] / "locks" / "cpu-py3.11-torch2.13.0.txt"
-
-
-def cpu_index_requirements(lock: pathlib.Path = CPU_LOCK) -> list[str]:
-    """torch for the CPU cell plus its dependencies at the versions the committed lock records for the torch stage.
-
-    Filled with bare `torch==2.13.0`, the index would take the newest filelock, fsspec, ... from PyPI on the day it is
-    filled, and the torch stage would drift from the committed lock's torch-stage lines with the next release of any
-    of them (the image checks then fail, rightly). The real PyTorch index serves copies that do not move like that.
-    """
-    pins = [line.removeprefix("# torch-stage: ").strip() for line in lock.read_text().splitlines()
-            if line.startswith("# torch-stage: ")]
-    return [CPU_TORCH, *(pin for pin in pins if not pin.lower().startswith("torch=="))]
-
-
 def host_ca_bundle() -> pathlib.Path:
     """The CA bundle this machine's TLS clients trust (PIP_CERT wins)."""
     return pathlib.Path(os.environ.get("PIP_CERT") or DEFAULT_HOST_CA)
@@ -189,6 +173,22 @@ def _chunks(stream, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 # --- loopback wheel index --------------------------------------------------
+
+
+CPU_TORCH = "torch==2.13.0"
+CPU_LOCK = pathlib.Path(__file__).resolve().parents[1] / "locks" / "cpu-py3.11-torch2.13.0.txt"
+
+
+def cpu_index_requirements(lock: pathlib.Path = CPU_LOCK) -> list[str]:
+    """torch for the CPU cell plus its dependencies at the versions the committed lock records for the torch stage.
+
+    Filled with bare `torch==2.13.0`, the index would take the newest filelock, fsspec, ... from PyPI on the day it is
+    filled, and the torch stage would drift from the committed lock's torch-stage lines with the next release of any
+    of them (the image checks then fail, rightly). The real PyTorch index serves copies that do not move like that.
+    """
+    pins = [line.removeprefix("# torch-stage: ").strip() for line in lock.read_text().splitlines()
+            if line.startswith("# torch-stage: ")]
+    return [CPU_TORCH, *(pin for pin in pins if not pin.lower().startswith("torch=="))]
 
 
 class LoopbackIndex:
