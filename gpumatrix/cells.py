@@ -21,6 +21,8 @@ DEFAULT_SETTINGS = Settings(
     companions=["torchvision", "torchaudio"],
     os_packages=[],
     pip="25.3",
+    installer="uv",
+    uv="0.13.9",
     network="default",
 )
 
@@ -48,6 +50,8 @@ class Cell:
     layers: tuple[str, ...]
     os_packages: tuple[str, ...]
     pip: str
+    installer: str
+    uv: str
     network: str
     python_source: str
     repository: str
@@ -191,6 +195,8 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         layers=tuple(s.layers),
         os_packages=tuple(s.os_packages),
         pip=s.pip,
+        installer=s.installer,
+        uv=s.uv,
         network=s.network,
         python_source=compat.python_source(cuda, python),
         repository=repository,

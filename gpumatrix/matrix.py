@@ -33,6 +33,7 @@ REGISTRY_PATTERN = r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"  # h
 Registry = Annotated[str, StringConstraints(pattern=REGISTRY_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1)]
 Companion = Literal["torchvision", "torchaudio"]
+Installer = Literal["uv", "pip"]
 
 
 def _without_credentials(url: str) -> str:
@@ -62,6 +63,8 @@ class Settings(_Strict):
     companions: list[Companion] | None = None
     os_packages: list[Text] | None = None
     pip: Version | None = None
+    installer: Installer | None = None  # what installs the app layer
+    uv: Version | None = None
     network: Text | None = None
 
 

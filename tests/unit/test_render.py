@@ -193,6 +193,35 @@ def test_template_branches_render_lintable_text(project, cli, write_matrix, matr
     assert "COPY app.lock" not in no_layers and "--require-hashes" not in no_layers
 
 
+
+def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write_matrix, matrix_text):
+    """uv by default, pinned and outside the venv; `installer: pip` per cell brings back pip. The torch stage is pip's."""
+    write_matrix(
+        project,
+        matrix_text(
+            cuda=("12.8", "cpu"), python=("3.11",), torch=("2.7.1",),
+            extra="""\
+            settings:
+              layers: [app]
+              uv: "0.13.1"
+            overrides:
+              - match: {cuda: cpu}
+                installer: pip
+            """,
+        ),
+    )
+    assert render(cli, project)[0] == 0
+    uv = (project / "docker" / "cu12.8-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    pip = (project / "docker" / "cpu-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    app = lambda text: text[text.index("AS app"):text.index("AS runtime")]  # noqa: E731
+    assert "pip install --no-cache-dir --target /opt/uv uv==0.13.1" in app(uv)
+    assert re.search(r"/opt/uv/bin/uv pip install [^\n]*--compile-bytecode", app(uv))
+    assert "--require-hashes" in app(uv) and "--constraints /opt/gpumatrix/torch-constraints.txt" in app(uv)
+    assert "/opt/uv" not in pip and "pip install --no-cache-dir --require-hashes" in app(pip)
+    for text in (uv, pip):
+        assert "/opt/uv" not in text[text.index("AS runtime"):]
+        assert "uv pip" not in text[:text.index("AS app")]
+
 # ---- content digest --------------------------------------------------------------------------------------------
 
 DOCKERFILE = "FROM scratch\nLABEL a=b\n"

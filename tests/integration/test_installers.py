@@ -1,0 +1,130 @@
+"""uv (the default) and pip install the app layer with the same guarantees: the same packages, hashes enforced,
+the torch stage left alone, bytecode compiled. Built on a real engine from the committed CPU lock.
+
+Tests in this module run in order and share one copy of the project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = "cpu-py3.11-torch2.13.0"
+INSTALLERS = ("uv", "pip")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("installers")
+    for name in ("templates", "requirements", "locks"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copy(REPO / "matrix.yaml", root / "matrix.yaml")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stand_ins(standin_base, torch_index) -> list[str]:
+    return ["--base-image", standin_base, "--runtime-image", standin_base,
+            "--index-url", torch_index.url, "--network", "host"]
+
+
+def use_installer(project: Path, installer: str) -> None:
+    """`installer:` under the matrix's settings; absent means the default."""
+    matrix = project / "matrix.yaml"
+    text = re.sub(r"^  installer: \w+\n", "", matrix.read_text(), flags=re.MULTILINE)
+    if installer != "default":
+        text = text.replace("\nsettings:\n", f"\nsettings:\n  installer: {installer}\n", 1)
+    matrix.write_text(text)
+
+
+def build(project: Path, stand_ins: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"),
+         "build", "--cuda", "cpu", *stand_ins, "--report", str(project / "report.json")],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ),
+    )
+
+
+def image_of(project: Path) -> str:
+    cells = json.loads((project / "report.json").read_text())["cells"]
+    (record,) = [c for c in cells if c["cell"] == CELL]
+    return record["image_id"]
+
+
+def run_in(client, image: str, script: str) -> str:
+    return client.containers.run(image, ["bash", "-c", script], remove=True, network_mode="none").decode()
+
+
+@pytest.fixture(scope="module")
+def images(project, stand_ins, docker_client) -> dict[str, str]:
+    """The cell built once with each installer (the second build reuses the base and torch stages)."""
+    built = {}
+    for installer in INSTALLERS:
+        use_installer(project, installer)
+        result = build(project, stand_ins)
+        assert result.returncode == 0, f"{installer}: {result.stderr[-3000:]}"
+        built[installer] = image_of(project)
+    use_installer(project, "default")
+    return built
+
+
+def test_the_default_installer_is_uv(project):
+    use_installer(project, "default")
+    dockerfile = subprocess.run(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), "render"],
+        capture_output=True, text=True, timeout=120)
+    assert dockerfile.returncode == 0, dockerfile.stderr
+    text = (project / "docker" / CELL / "Dockerfile").read_text()
+    assert "uv pip install" in text and "pip install --no-cache-dir --require-hashes" not in text
+
+
+def test_both_installers_give_the_same_packages(images, docker_client):
+    freezes = {name: run_in(docker_client, image, "pip freeze --all") for name, image in images.items()}
+    assert freezes["uv"] == freezes["pip"]
+    lock = (REPO / "locks" / f"{CELL}.txt").read_text()
+    for pin in re.findall(r"^([A-Za-z0-9_.-]+==\S+) \\$", lock, re.MULTILINE):
+        assert pin.lower() in freezes["uv"].lower(), pin
+    assert "torch==2.13.0+cpu" in freezes["uv"]
+
+
+def test_each_image_was_installed_by_its_installer(images, docker_client):
+    for name, image in images.items():
+        installer = run_in(docker_client, image, "cat /opt/venv/lib/python3.11/site-packages/tqdm-*.dist-info/INSTALLER")
+        assert installer.strip() == name
+        torch_installer = run_in(docker_client, image,
+                                 "cat /opt/venv/lib/python3.11/site-packages/torch-*.dist-info/INSTALLER")
+        assert torch_installer.strip() == "pip", "the torch stage is pip's, whatever installs the app layer"
+
+
+def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(images, docker_client):
+    image = images["uv"]
+    pyc = run_in(docker_client, image, "ls /opt/venv/lib/python3.11/site-packages/tqdm/__pycache__ | wc -l")
+    assert int(pyc) > 5
+    leftovers = run_in(docker_client, image, "ls -d /opt/uv /opt/venv/.lock /opt/venv/bin/uv 2>/dev/null; true")
+    assert leftovers.strip() == ""
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_a_tampered_hash_fails_the_build(installer, project, stand_ins, images):
+    use_installer(project, installer)
+    path = project / "locks" / f"{CELL}.txt"
+    original = path.read_text()
+    block = re.search(r"^tqdm==.*?(?=^\S|\Z)", original, re.MULTILINE | re.DOTALL).group(0)
+    try:
+        path.write_text(original.replace(block, re.sub(r"[0-9a-f]{64}", "f" * 64, block)))
+        result = build(project, stand_ins)
+        assert result.returncode == 1
+        assert "(app) failed" in result.stderr
+        message = {"pip": "DO NOT MATCH THE HASHES", "uv": "Hash mismatch"}[installer]
+        assert message in result.stderr, result.stderr[-2000:]
+    finally:
+        path.write_text(original)
+        use_installer(project, "default")
