@@ -31,8 +31,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename  # noqa: E40
 from packaging.version import Version  # noqa: E402
 
 from gpumatrix import engine  # noqa: E402
+from gpumatrix.cells import DEFAULT_SETTINGS  # noqa: E402
 from gpumatrix.errors import UsageError  # noqa: E402
-from gpumatrix.standins import LoopbackIndex, StandinError, ensure_standin_base  # noqa: E402
+from gpumatrix.standins import LoopbackIndex, StandinError, cpu_index_requirements, ensure_standin_base  # noqa: E402
 
 CACHE = ROOT / ".cache"
 REGISTRY = "gpumatrix-bench.local"  # the project copy's registry: every image the bench tags is its own
@@ -56,7 +57,7 @@ class Mode:
 
 
 CPU = Mode(cell="cpu-py3.11-torch2.13.0", filters={"cuda": "cpu"}, layer="cpu", index_dir="index-cpu",
-           wheels=["torch==2.13.0"], torch_pins=["torch==2.13.0+cpu"])
+           wheels=cpu_index_requirements(), torch_pins=["torch==2.13.0+cpu"])
 # The shipped cell names torchvision as a companion, so the index holds it too (the test fixture's index-cu130 holds
 # torch only, for a matrix without companions). fsspec is pinned the way the real PyTorch index serves its own copy:
 # with PyPI's newest (2026.9.0) in the torch stage, pip-compile of app.in backtracked for 10+ minutes without an end
@@ -360,13 +361,16 @@ def bench_lock(client, mode: Mode, project: Path, overrides: list[str]) -> None:
 
 
 def installer_script(tool: str, index: str) -> str:
-    """Install the torch stage and then the app lock into a fresh venv; print three timestamps."""
+    """Install the torch stage and then the app lock into a fresh venv; print three timestamps.
+
+    uv compiles bytecode, as pip does and as the build's app stage asks it to."""
     pip = "uv pip" if tool == "uv" else "pip"
-    return (("pip install -q uv && " if tool == "uv" else "")
+    compile_flag = " --compile-bytecode" if tool == "uv" else ""
+    return ((f"pip install -q uv=={DEFAULT_SETTINGS.uv} && " if tool == "uv" else "")
             + "python -m venv /tmp/e && source /tmp/e/bin/activate && date +%s.%N && "
-            f"{pip} install -q --index-url {index} torch==2.13.0+cpu && date +%s.%N && "
+            f"{pip} install -q{compile_flag} --index-url {index} torch==2.13.0+cpu && date +%s.%N && "
             "pip freeze --exclude pip > /tmp/c.txt && "
-            f"{pip} install -q --require-hashes -c /tmp/c.txt -r /opt/gpumatrix/app.lock && date +%s.%N && "
+            f"{pip} install -q{compile_flag} --require-hashes -c /tmp/c.txt -r /opt/gpumatrix/app.lock && date +%s.%N && "
             "pip check >/dev/null")
 
 
@@ -445,11 +449,11 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             bench_list_render()
             image_ref = bench_builds(mode, project, overrides, make_vars)
             size = bench_size(client, image_ref, base)
+            if mode is CPU and not args.skip_installers:
+                bench_installers(client, image_ref, index.url)
             bench_naive(client, mode, project, base, index.url, size)
             bench_lock(client, mode, project, overrides)
             bench_shared_stage(client, mode, project, standin, index)
-            if mode is CPU and not args.skip_installers:
-                bench_installers(client, image_ref, index.url)
     finally:
         shutil.rmtree(project, ignore_errors=True)
         remove_image(client, "gpumatrix-bench:naive")
