@@ -1,5 +1,7 @@
 """uv (the default) and pip install the app layer with the same guarantees: the same packages, hashes enforced,
-the torch stage left alone, bytecode compiled. Built on a real engine from the committed CPU lock.
+the torch stage left alone, bytecode compiled, an incomplete lock refused. Built on a real engine from the CPU cell's
+layer plus a package that depends on a torch-stage package (typing-inspection needs typing_extensions) and one that
+depends on a package of the lock (python-dateutil needs tzdata), locked for real.
 
 Tests in this module run in order and share one copy of the project.
 """
@@ -45,14 +47,6 @@ def use_installer(project: Path, installer: str) -> None:
     matrix.write_text(text)
 
 
-def build(project: Path, stand_ins: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"),
-         "build", "--cuda", "cpu", *stand_ins, "--report", str(project / "report.json")],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ),
-    )
-
-
 def image_of(project: Path) -> str:
     cells = json.loads((project / "report.json").read_text())["cells"]
     (record,) = [c for c in cells if c["cell"] == CELL]
@@ -63,8 +57,32 @@ def run_in(client, image: str, script: str) -> str:
     return client.containers.run(image, ["bash", "-c", script], remove=True, network_mode="none").decode()
 
 
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ),
+    )
+
+
+def build(project: Path, stand_ins: list[str]) -> subprocess.CompletedProcess:
+    return cli(project, "build", "--cuda", "cpu", *stand_ins, "--report", str(project / "report.json"))
+
+
 @pytest.fixture(scope="module")
-def images(project, stand_ins, docker_client) -> dict[str, str]:
+def locked(project, stand_ins) -> str:
+    """The cell's lock with typing-inspection and python-dateutil added; typing_extensions stays a torch-stage line."""
+    layer = project / "requirements" / "cpu.in"
+    layer.write_text(layer.read_text() + "typing-inspection\npython-dateutil\n")
+    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lock = (project / "locks" / f"{CELL}.txt").read_text()
+    assert re.search(r"^typing-inspection==", lock, re.MULTILINE) and re.search(r"^tzdata==", lock, re.MULTILINE)
+    assert re.search(r"^# torch-stage: typing_extensions==", lock, re.MULTILINE)
+    return lock
+
+
+@pytest.fixture(scope="module")
+def images(project, stand_ins, locked, docker_client) -> dict[str, str]:
     """The cell built once with each installer (the second build reuses the base and torch stages)."""
     built = {}
     for installer in INSTALLERS:
@@ -78,19 +96,16 @@ def images(project, stand_ins, docker_client) -> dict[str, str]:
 
 def test_the_default_installer_is_uv(project):
     use_installer(project, "default")
-    dockerfile = subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), "render"],
-        capture_output=True, text=True, timeout=120)
+    dockerfile = cli(project, "render")
     assert dockerfile.returncode == 0, dockerfile.stderr
     text = (project / "docker" / CELL / "Dockerfile").read_text()
     assert "uv pip install" in text and "pip install --no-cache-dir --require-hashes" not in text
 
 
-def test_both_installers_give_the_same_packages(images, docker_client):
+def test_both_installers_give_the_same_packages(images, locked, docker_client):
     freezes = {name: run_in(docker_client, image, "pip freeze --all") for name, image in images.items()}
     assert freezes["uv"] == freezes["pip"]
-    lock = (REPO / "locks" / f"{CELL}.txt").read_text()
-    for pin in re.findall(r"^([A-Za-z0-9_.-]+==\S+) \\$", lock, re.MULTILINE):
+    for pin in re.findall(r"^([A-Za-z0-9_.-]+==\S+) \\$", locked, re.MULTILINE):
         assert pin.lower() in freezes["uv"].lower(), pin
     assert "torch==2.13.0+cpu" in freezes["uv"]
 
@@ -112,19 +127,39 @@ def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(images, docker_c
     assert leftovers.strip() == ""
 
 
-@pytest.mark.parametrize("installer", INSTALLERS)
-def test_a_tampered_hash_fails_the_build(installer, project, stand_ins, images):
-    use_installer(project, installer)
+def block_of(lock: str, name: str) -> str:
+    return re.search(rf"^{name}==.*?(?=^\S|\Z)", lock, re.MULTILINE | re.DOTALL).group(0)
+
+
+def build_with_lock(project: Path, stand_ins: list[str], installer: str, lock: str) -> subprocess.CompletedProcess:
     path = project / "locks" / f"{CELL}.txt"
     original = path.read_text()
-    block = re.search(r"^tqdm==.*?(?=^\S|\Z)", original, re.MULTILINE | re.DOTALL).group(0)
+    use_installer(project, installer)
     try:
-        path.write_text(original.replace(block, re.sub(r"[0-9a-f]{64}", "f" * 64, block)))
-        result = build(project, stand_ins)
-        assert result.returncode == 1
-        assert "(app) failed" in result.stderr
-        message = {"pip": "DO NOT MATCH THE HASHES", "uv": "Hash mismatch"}[installer]
-        assert message in result.stderr, result.stderr[-2000:]
+        path.write_text(lock)
+        return build(project, stand_ins)
     finally:
         path.write_text(original)
         use_installer(project, "default")
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_a_tampered_hash_fails_the_build(installer, project, stand_ins, locked, images):
+    tqdm = block_of(locked, "tqdm")
+    result = build_with_lock(project, stand_ins, installer,
+                             locked.replace(tqdm, re.sub(r"[0-9a-f]{64}", "f" * 64, tqdm)))
+    assert result.returncode == 1
+    assert "(app) failed" in result.stderr
+    message = {"pip": "DO NOT MATCH THE HASHES", "uv": "Hash mismatch"}[installer]
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_a_lock_missing_a_dependency_fails_the_build(installer, project, stand_ins, locked, images):
+    result = build_with_lock(project, stand_ins, installer, locked.replace(block_of(locked, "tzdata"), ""))
+    assert result.returncode == 1
+    assert "(app) failed" in result.stderr
+    # pip refuses the unpinned, unhashed dependency; uv installs exactly the lock (--no-deps) and `pip check` names
+    # the gap
+    message = {"pip": r"--require-hashes mode", "uv": r"python-dateutil \S+ requires tzdata"}[installer]
+    assert re.search(message, result.stderr) and "tzdata" in result.stderr, result.stderr[-4000:]

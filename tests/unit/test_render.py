@@ -216,7 +216,7 @@ def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write
     app = lambda text: text[text.index("AS app"):text.index("AS runtime")]  # noqa: E731
     assert "pip install --no-cache-dir --target /opt/uv uv==0.13.1" in app(uv)
     assert re.search(r"/opt/uv/bin/uv pip install [^\n]*--compile-bytecode", app(uv))
-    assert "--require-hashes" in app(uv) and "--constraints /opt/gpumatrix/torch-constraints.txt" in app(uv)
+    assert "--require-hashes --no-deps" in app(uv) and "--constraints /opt/gpumatrix/torch-constraints.txt" in app(uv)
     assert "/opt/uv" not in pip and "pip install --no-cache-dir --require-hashes" in app(pip)
     for text in (uv, pip):
         assert "/opt/uv" not in text[text.index("AS runtime"):]
