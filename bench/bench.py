@@ -363,14 +363,15 @@ def bench_lock(client, mode: Mode, project: Path, overrides: list[str]) -> None:
 def installer_script(tool: str, index: str) -> str:
     """Install the torch stage and then the app lock into a fresh venv; print three timestamps.
 
-    uv compiles bytecode, as pip does and as the build's app stage asks it to."""
+    uv compiles bytecode, as pip does, and installs the lock with --no-deps, as the build's app stage asks it to."""
     pip = "uv pip" if tool == "uv" else "pip"
     compile_flag = " --compile-bytecode" if tool == "uv" else ""
+    no_deps = " --no-deps" if tool == "uv" else ""
     return ((f"pip install -q uv=={DEFAULT_SETTINGS.uv} && " if tool == "uv" else "")
             + "python -m venv /tmp/e && source /tmp/e/bin/activate && date +%s.%N && "
             f"{pip} install -q{compile_flag} --index-url {index} torch==2.13.0+cpu && date +%s.%N && "
             "pip freeze --exclude pip > /tmp/c.txt && "
-            f"{pip} install -q{compile_flag} --require-hashes -c /tmp/c.txt -r /opt/gpumatrix/app.lock && date +%s.%N && "
+            f"{pip} install -q{compile_flag}{no_deps} --require-hashes -c /tmp/c.txt -r /opt/gpumatrix/app.lock && date +%s.%N && "
             "pip check >/dev/null")
 
 
