@@ -54,7 +54,15 @@ def image_of(project: Path) -> str:
 
 
 def run_in(client, image: str, script: str) -> str:
-    return client.containers.run(image, ["bash", "-c", script], remove=True, network_mode="none").decode()
+    """The script's output through exec: the logs of a container that exits at once can come back empty (dockerd 20.10
+    returned '' for a `cat` here once)."""
+    container = client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode="none", entrypoint=[])
+    try:
+        code, out = container.exec_run(["bash", "-c", script])
+    finally:
+        container.remove(force=True)
+    assert code == 0, out.decode()
+    return out.decode()
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
