@@ -23,6 +23,7 @@ DEFAULT_SETTINGS = Settings(
     pip="25.3",
     installer="uv",
     uv="0.13.9",
+    app_stage="runtime",
     network="default",
 )
 
@@ -52,6 +53,7 @@ class Cell:
     pip: str
     installer: str
     uv: str
+    app_stage: str
     network: str
     python_source: str
     repository: str
@@ -197,6 +199,7 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         pip=s.pip,
         installer=s.installer,
         uv=s.uv,
+        app_stage=s.app_stage,
         network=s.network,
         python_source=compat.python_source(cuda, python),
         repository=repository,

@@ -34,6 +34,7 @@ Registry = Annotated[str, StringConstraints(pattern=REGISTRY_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1)]
 Companion = Literal["torchvision", "torchaudio"]
 Installer = Literal["uv", "pip"]
+AppStage = Literal["runtime", "devel"]
 
 
 def _without_credentials(url: str) -> str:
@@ -65,6 +66,7 @@ class Settings(_Strict):
     pip: Version | None = None
     installer: Installer | None = None  # what installs the app layer
     uv: Version | None = None
+    app_stage: AppStage | None = None  # where the app layer is installed: on the runtime base, or the devel base
     network: Text | None = None
 
 

@@ -1,5 +1,6 @@
-"""uv (the default) and pip install the app layer with the same guarantees: the same packages, hashes enforced,
-the torch stage left alone, bytecode compiled, an incomplete lock refused. Built on a real engine from the CPU cell's
+"""uv (the default) and pip install the app layer with the same guarantees, in the runtime stage (the default) or in
+an `app` stage on the devel base (`app_stage: devel`): the same packages, hashes enforced, the torch stage left alone,
+bytecode compiled, an incomplete lock refused, no installer left behind. Built on a real engine from the CPU cell's
 layer plus a package that depends on a torch-stage package (typing-inspection needs typing_extensions) and one that
 depends on a package of the lock (python-dateutil needs tzdata), locked for real.
 
@@ -21,6 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CELL = "cpu-py3.11-torch2.13.0"
 INSTALLERS = ("uv", "pip")
+# name -> (installer, app_stage); "default" leaves the key out of the matrix
+VARIANTS = {"uv": ("default", "default"), "pip": ("pip", "default"), "uv-devel": ("default", "devel")}
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +41,13 @@ def stand_ins(standin_base, torch_index) -> list[str]:
             "--index-url", torch_index.url, "--network", "host"]
 
 
-def use_installer(project: Path, installer: str) -> None:
-    """`installer:` under the matrix's settings; absent means the default."""
+def use_settings(project: Path, installer: str = "default", app_stage: str = "default") -> None:
+    """`installer:` and `app_stage:` under the matrix's settings; "default" leaves the key out."""
     matrix = project / "matrix.yaml"
-    text = re.sub(r"^  installer: \w+\n", "", matrix.read_text(), flags=re.MULTILINE)
-    if installer != "default":
-        text = text.replace("\nsettings:\n", f"\nsettings:\n  installer: {installer}\n", 1)
+    text = re.sub(r"^  (installer|app_stage): \w+\n", "", matrix.read_text(), flags=re.MULTILINE)
+    for key, value in (("installer", installer), ("app_stage", app_stage)):
+        if value != "default":
+            text = text.replace("\nsettings:\n", f"\nsettings:\n  {key}: {value}\n", 1)
     matrix.write_text(text)
 
 
@@ -91,28 +95,29 @@ def locked(project, stand_ins) -> str:
 
 @pytest.fixture(scope="module")
 def images(project, stand_ins, locked, docker_client) -> dict[str, str]:
-    """The cell built once with each installer (the second build reuses the base and torch stages)."""
+    """The cell built once per variant (later builds reuse the base and torch stages)."""
     built = {}
-    for installer in INSTALLERS:
-        use_installer(project, installer)
+    for name, (installer, app_stage) in VARIANTS.items():
+        use_settings(project, installer, app_stage)
         result = build(project, stand_ins)
-        assert result.returncode == 0, f"{installer}: {result.stderr[-3000:]}"
-        built[installer] = image_of(project)
-    use_installer(project, "default")
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+        built[name] = image_of(project)
+    use_settings(project)
     return built
 
 
-def test_the_default_installer_is_uv(project):
-    use_installer(project, "default")
+def test_the_default_installer_is_uv_in_the_runtime_stage(project):
+    use_settings(project)
     dockerfile = cli(project, "render")
     assert dockerfile.returncode == 0, dockerfile.stderr
     text = (project / "docker" / CELL / "Dockerfile").read_text()
     assert "uv pip install" in text and "pip install --no-cache-dir --require-hashes" not in text
+    assert "AS app" not in text and text.index("AS runtime") < text.index("uv pip install")
 
 
 def test_both_installers_give_the_same_packages(images, locked, docker_client):
     freezes = {name: run_in(docker_client, image, "pip freeze --all") for name, image in images.items()}
-    assert freezes["uv"] == freezes["pip"]
+    assert freezes["uv"] == freezes["pip"] == freezes["uv-devel"]
     for pin in re.findall(r"^([A-Za-z0-9_.-]+==\S+) \\$", locked, re.MULTILINE):
         assert pin.lower() in freezes["uv"].lower(), pin
     assert "torch==2.13.0+cpu" in freezes["uv"]
@@ -121,44 +126,54 @@ def test_both_installers_give_the_same_packages(images, locked, docker_client):
 def test_each_image_was_installed_by_its_installer(images, docker_client):
     for name, image in images.items():
         installer = run_in(docker_client, image, "cat /opt/venv/lib/python3.11/site-packages/tqdm-*.dist-info/INSTALLER")
-        assert installer.strip() == name
+        assert installer.strip() == name.removesuffix("-devel")
         torch_installer = run_in(docker_client, image,
                                  "cat /opt/venv/lib/python3.11/site-packages/torch-*.dist-info/INSTALLER")
         assert torch_installer.strip() == "pip", "the torch stage is pip's, whatever installs the app layer"
 
 
-def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(images, docker_client):
-    image = images["uv"]
+@pytest.mark.parametrize("variant", ["uv", "uv-devel"])
+def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(variant, images, docker_client):
+    image = images[variant]
     pyc = run_in(docker_client, image, "ls /opt/venv/lib/python3.11/site-packages/tqdm/__pycache__ | wc -l")
     assert int(pyc) > 5
-    leftovers = run_in(docker_client, image, "ls -d /opt/uv /opt/venv/.lock /opt/venv/bin/uv 2>/dev/null; true")
+    leftovers = run_in(docker_client, image, "ls -d /opt/uv /tmp/uv /tmp/* /opt/app-layer /opt/venv/.lock "
+                                             "/opt/venv/bin/uv /root/.cache 2>/dev/null; true")
     assert leftovers.strip() == ""
+    # uv is in no layer of the image, not even one that a later layer hides
+    history = docker_client.images.get(image).history()
+    assert not [step["CreatedBy"] for step in history if "uv==" in step["CreatedBy"] and step["Size"] > 1_000_000
+                and "rm -r /tmp/uv" not in step["CreatedBy"]]
 
 
 def block_of(lock: str, name: str) -> str:
     return re.search(rf"^{name}==.*?(?=^\S|\Z)", lock, re.MULTILINE | re.DOTALL).group(0)
 
 
-def build_with_lock(project: Path, stand_ins: list[str], installer: str, lock: str) -> subprocess.CompletedProcess:
+def build_with_lock(project: Path, stand_ins: list[str], variant: str, lock: str) -> subprocess.CompletedProcess:
     path = project / "locks" / f"{CELL}.txt"
     original = path.read_text()
-    use_installer(project, installer)
+    use_settings(project, *VARIANTS[variant])
     try:
         path.write_text(lock)
         return build(project, stand_ins)
     finally:
         path.write_text(original)
-        use_installer(project, "default")
+        use_settings(project)
 
 
-@pytest.mark.parametrize("installer", INSTALLERS)
-def test_a_tampered_hash_fails_the_build(installer, project, stand_ins, locked, images):
+def failed_stage(variant: str) -> str:
+    return "(app) failed" if variant.endswith("-devel") else "(runtime) failed"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_tampered_hash_fails_the_build(variant, project, stand_ins, locked, images):
     tqdm = block_of(locked, "tqdm")
-    result = build_with_lock(project, stand_ins, installer,
+    result = build_with_lock(project, stand_ins, variant,
                              locked.replace(tqdm, re.sub(r"[0-9a-f]{64}", "f" * 64, tqdm)))
     assert result.returncode == 1
-    assert "(app) failed" in result.stderr
-    message = {"pip": "DO NOT MATCH THE HASHES", "uv": "Hash mismatch"}[installer]
+    assert failed_stage(variant) in result.stderr, result.stderr[-2000:]
+    message = {"pip": "DO NOT MATCH THE HASHES", "uv": "Hash mismatch", "uv-devel": "Hash mismatch"}[variant]
     assert message in result.stderr, result.stderr[-2000:]
 
 
@@ -166,7 +181,7 @@ def test_a_tampered_hash_fails_the_build(installer, project, stand_ins, locked, 
 def test_a_lock_missing_a_dependency_fails_the_build(installer, project, stand_ins, locked, images):
     result = build_with_lock(project, stand_ins, installer, locked.replace(block_of(locked, "tzdata"), ""))
     assert result.returncode == 1
-    assert "(app) failed" in result.stderr
+    assert failed_stage(installer) in result.stderr, result.stderr[-2000:]
     # pip refuses the unpinned, unhashed dependency; uv installs exactly the lock (--no-deps) and `pip check` names
     # the gap
     message = {"pip": r"--require-hashes mode", "uv": r"python-dateutil \S+ requires tzdata"}[installer]

@@ -119,6 +119,13 @@ def test_unknown_installer_is_one_line_naming_the_key(tmp_path, matrix_text):
     assert len(lines) == 1, lines
     assert "settings.installer" in lines[0] and "'uv'" in lines[0] and "'pip'" in lines[0]
 
+
+def test_unknown_app_stage_is_one_line_naming_the_key(tmp_path, matrix_text):
+    text = matrix_text() + "overrides:\n  - match: {cuda: cpu}\n    app_stage: builder\n"
+    lines = error_lines(tmp_path, text)
+    assert len(lines) == 1, lines
+    assert "overrides[0].app_stage" in lines[0] and "'runtime'" in lines[0] and "'devel'" in lines[0]
+
 # ---- hostile documents: only UsageError, quickly ---------------------------------------------------------------
 
 BILLION_LAUGHS = """\

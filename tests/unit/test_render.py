@@ -195,7 +195,8 @@ def test_template_branches_render_lintable_text(project, cli, write_matrix, matr
 
 
 def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write_matrix, matrix_text):
-    """uv by default, pinned and outside the venv; `installer: pip` per cell brings back pip. The torch stage is pip's."""
+    """uv by default, pinned, fetched into /tmp and removed in the same step; `installer: pip` per cell brings back pip.
+    The app layer is installed in the runtime stage; the torch stage is pip's."""
     write_matrix(
         project,
         matrix_text(
@@ -213,14 +214,46 @@ def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write
     assert render(cli, project)[0] == 0
     uv = (project / "docker" / "cu12.8-py3.11-torch2.7.1" / "Dockerfile").read_text()
     pip = (project / "docker" / "cpu-py3.11-torch2.7.1" / "Dockerfile").read_text()
-    app = lambda text: text[text.index("AS app"):text.index("AS runtime")]  # noqa: E731
-    assert "pip install --no-cache-dir --target /opt/uv uv==0.13.1" in app(uv)
-    assert re.search(r"/opt/uv/bin/uv pip install [^\n]*--compile-bytecode", app(uv))
-    assert "--require-hashes --no-deps" in app(uv) and "--constraints /opt/gpumatrix/torch-constraints.txt" in app(uv)
-    assert "/opt/uv" not in pip and "pip install --no-cache-dir --require-hashes" in app(pip)
     for text in (uv, pip):
-        assert "/opt/uv" not in text[text.index("AS runtime"):]
-        assert "uv pip" not in text[:text.index("AS app")]
+        assert "AS app" not in text and "COPY --from=app" not in text
+        assert "uv pip" not in text[:text.index("AS runtime")]
+    install = next(step for step in steps(uv) if "uv pip install" in step)
+    assert install.startswith("RUN pip install --no-cache-dir --target /tmp/uv uv==0.13.1 ")
+    assert "--compile-bytecode" in install and "--require-hashes --no-deps" in install
+    assert "--constraints /opt/gpumatrix/torch-constraints.txt" in install
+    assert install.rstrip().endswith("&& rm -r /tmp/uv /tmp/before /tmp/after /tmp/added /tmp/touched /tmp/changed /tmp/marker")
+    assert "uv" not in pip.replace("VIRTUAL_ENV", "")
+    assert any(step.startswith("RUN find /opt/venv") and "pip install --no-cache-dir --require-hashes" in step
+               for step in steps(pip))
+
+
+def test_app_stage_devel_installs_on_the_devel_base_and_copies_the_files(project, cli, write_matrix, matrix_text):
+    """`app_stage: devel`: the lock is installed in an `app` stage on the devel base (compilers), uv kept out of the
+    venv, and only the files the install added copied into the runtime stage."""
+    write_matrix(
+        project,
+        matrix_text(
+            cuda=("12.8",), python=("3.11",), torch=("2.7.1",),
+            extra="""\
+            settings:
+              layers: [app]
+              app_stage: devel
+            """,
+        ),
+    )
+    assert render(cli, project)[0] == 0
+    text = (project / "docker" / "cu12.8-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    app, runtime = text[text.index("AS app"):text.index("AS runtime")], text[text.index("AS runtime"):]
+    assert "RUN pip install --no-cache-dir --target /opt/uv uv==" in app and "/opt/uv/bin/uv pip install" in app
+    assert "mv \"$path\" \"/opt/app-layer${path}\"" in app
+    assert "COPY --from=app /opt/app-layer/ /" in runtime
+    assert "uv" not in runtime.replace("VIRTUAL_ENV", "") and "app.lock" not in runtime
+
+
+def steps(dockerfile: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
+    return [line for line in dockerfile.replace("\\\n", " ").splitlines() if line and not line.startswith("#")]
+
 
 # ---- content digest --------------------------------------------------------------------------------------------
 
