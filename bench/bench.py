@@ -363,7 +363,7 @@ def bench_lock(client, mode: Mode, project: Path, overrides: list[str]) -> None:
 def installer_script(tool: str, index: str) -> str:
     """Install the torch stage and then the app lock into a fresh venv; print three timestamps.
 
-    uv compiles bytecode, as pip does, and installs the lock with --no-deps, as the build's app stage asks it to."""
+    uv compiles bytecode, as pip does, and installs the lock with --no-deps, as the build asks it to."""
     pip = "uv pip" if tool == "uv" else "pip"
     compile_flag = " --compile-bytecode" if tool == "uv" else ""
     no_deps = " --no-deps" if tool == "uv" else ""
@@ -386,7 +386,7 @@ def bench_installers(client, image_ref: str, index: str) -> None:
         results[tool] = (mid - start, end - mid)
     (pt, pa), (ut, ua) = results["pip"], results["uv"]
     row("uv / pip, torch stage install", ut / pt, f"{ut:.1f} s / {pt:.1f} s", "informative")
-    row("uv / pip, app stage install (hashes + constraints)", ua / pa, f"{ua:.1f} s / {pa:.1f} s", "informative")
+    row("uv / pip, app layer install (hashes + constraints)", ua / pa, f"{ua:.1f} s / {pa:.1f} s", "informative")
 
 
 def descends_from(client, image_id: str, ancestor: str, parents: dict[str, str]) -> bool:

@@ -186,3 +186,19 @@ def test_a_lock_missing_a_dependency_fails_the_build(installer, project, stand_i
     # the gap
     message = {"pip": r"--require-hashes mode", "uv": r"python-dateutil \S+ requires tzdata"}[installer]
     assert re.search(message, result.stderr) and "tzdata" in result.stderr, result.stderr[-4000:]
+
+
+# An sdist with a C extension and no wheel at all (pycrypto 2.6.1, 2013), as PyPI serves it, with its hash.
+C_SDIST = "pycrypto==2.6.1 \\\n    --hash=sha256:f2ce1e989b272cfcb677616763e0a2e7ec659effa67a88aa92b3a65528f60a3c\n"
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_a_package_that_must_be_compiled_fails_on_the_runtime_base_with_a_hint(installer, project, stand_ins, locked,
+                                                                              images):
+    result = build_with_lock(project, stand_ins, installer, locked + C_SDIST)
+    assert result.returncode == 1
+    assert "(runtime) failed" in result.stderr
+    # pycrypto's build runs ./configure first, which finds no C compiler on the runtime base; the failed step's tail
+    # ends with the build's "autoconf error" (uv names the package further up), then the hint
+    assert "RuntimeError: autoconf error" in result.stderr, result.stderr[-4000:]
+    assert "if a package failed to build from source, set app_stage: devel for this cell" in result.stderr

@@ -221,6 +221,8 @@ def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write
     assert install.startswith("RUN pip install --no-cache-dir --target /tmp/uv uv==0.13.1 ")
     assert "--compile-bytecode" in install and "--require-hashes --no-deps" in install
     assert "--constraints /opt/gpumatrix/torch-constraints.txt" in install
+    # a failed install on the runtime base (no compilers) ends with the way out
+    assert re.search(r"\|\| \{ echo \"[^\"]*set app_stage: devel for this cell\"; exit 1; \}; \}", install)
     assert install.rstrip().endswith("&& rm -r /tmp/uv /tmp/before /tmp/after /tmp/added /tmp/touched /tmp/changed /tmp/marker")
     assert "uv" not in pip.replace("VIRTUAL_ENV", "")
     assert any(step.startswith("RUN find /opt/venv") and "pip install --no-cache-dir --require-hashes" in step
@@ -248,6 +250,7 @@ def test_app_stage_devel_installs_on_the_devel_base_and_copies_the_files(project
     assert "mv \"$path\" \"/opt/app-layer${path}\"" in app
     assert "COPY --from=app /opt/app-layer/ /" in runtime
     assert "uv" not in runtime.replace("VIRTUAL_ENV", "") and "app.lock" not in runtime
+    assert "set app_stage: devel" not in text
 
 
 def steps(dockerfile: str) -> list[str]:
