@@ -7,7 +7,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import WorkFailed
+from .errors import UsageError, WorkFailed
+
+MAX_INPUT_BYTES = 1_000_000  # a matrix, .in file, lock or pin file past this is no hand-written input: refuse at once
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,25 @@ class Project:
             return str(path.resolve().relative_to(self.root))
         except ValueError:
             return str(path)
+
+
+def read_input(path: Path, what: str, limit: int = MAX_INPUT_BYTES) -> str:
+    """A user's file as UTF-8 text; missing, a directory, too large or not UTF-8 is one line naming it (UsageError)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a {what}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise UsageError(f"{path}: the {what} is larger than {limit:,} bytes, the limit for hand-written input")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
