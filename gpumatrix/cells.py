@@ -97,34 +97,128 @@ def cell_name(cuda: str, python: str, torch: str, flavour: str | None = None) ->
 
 
 def expand(matrix: Matrix, source: Path, requirements_dir: Path) -> Expansion:
-    """Axes product minus excludes (combinations without wheels are skipped), plus includes (which must work)."""
-    cells: dict[str, Cell] = {}
+    """Axes product minus excludes (combinations without wheels are skipped), plus includes (which must work).
+
+    A mistyped value is one problem, said once with its line: an unknown version, an axis value or a rule that
+    yields or selects no cell, an include given twice. A matrix without cells is refused, never rendered.
+    """
+    problems = _unknown_axis_values(matrix)
+    if problems:
+        raise UsageError("\n".join(problems))
+    product: dict[str, Cell] = {}
     skipped: list[Skipped] = []
-    problems: list[str] = []
+    refused: dict[str, list[str]] = {}
+    made: list[tuple[str, str, str]] = []  # combinations that gave a cell, or would have but for a refused setting
     for cuda, python, torch in itertools.product(matrix.axes.cuda, matrix.axes.python, matrix.axes.torch):
         if any(rule.matches(cuda, python, torch) for rule in matrix.exclude):
             continue
         try:
-            cells.setdefault(cell_name(cuda, python, torch), make_cell(matrix, cuda, python, torch))
+            product.setdefault(cell_name(cuda, python, torch), make_cell(matrix, cuda, python, torch))
         except _NoWheel as exc:
             skipped.append(Skipped(cuda, python, torch, str(exc)))
-        except compat.Incompatible as exc:
-            problems.append(f"{source}: {cell_name(cuda, python, torch)}: {exc}")
-    for i, inc in enumerate(matrix.include):
-        name = cell_name(inc.cuda, inc.python, inc.torch, inc.flavour)
-        if inc.layers is not None and inc.flavour is None:
-            problems.append(f"{source}: include[{i}] {name}: `layers` goes with `flavour` (a cell of the axes takes "
-                            "its layers from settings and overrides)")
             continue
-        try:
-            cells.setdefault(name, _included(matrix, inc))
         except compat.Incompatible as exc:
-            problems.append(f"{source}: include[{i}] {name}: {exc}")
+            refused.setdefault(str(exc), []).append(cell_name(cuda, python, torch))
+        made.append((cuda, python, torch))
+    problems += [f"{source}: {reason} ({_some(names)})" for reason, names in refused.items()]
+    problems += _axis_values_without_cells(matrix, made, skipped) if made else [_no_product(matrix, skipped)]
+    problems += _excludes_without_effect(matrix)
+    included, found = _included_cells(matrix, source)
+    problems += found
+    cells = {**product, **{name: cell for name, cell in included.items() if name not in product}}
     problems += _missing_layers(cells.values(), source, requirements_dir)
+    if not problems:
+        problems += _selectors_without_cells(matrix, list(cells.values()))
     if problems:
         raise UsageError("\n".join(problems))
     ordered = tuple(sorted(cells.values(), key=_sort_key))
     return Expansion(ordered, tuple(skipped), matrix)
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} cell{'s' if len(names) > 1 else ''}: {shown}"
+
+
+def _unknown_axis_values(matrix: Matrix) -> list[str]:
+    """Versions the compatibility data does not know, once each with their line, before any cell is made."""
+    problems = []
+    for i, cuda in enumerate(matrix.axes.cuda):
+        try:
+            compat.cuda_base(cuda)
+        except compat.Incompatible as exc:
+            problems.append(f"{matrix.where('axes', 'cuda', i)}: {exc}")
+    for i, torch in enumerate(matrix.axes.torch):
+        try:
+            compat.require_torch(torch)
+        except compat.Incompatible as exc:
+            problems.append(f"{matrix.where('axes', 'torch', i)}: {exc}")
+    return problems
+
+
+def _axis_values_without_cells(matrix: Matrix, made: list[tuple[str, str, str]], skipped: list[Skipped]) -> list[str]:
+    """An axis value that yields no cell is a typo or a dead entry, never something to drop silently."""
+    problems = []
+    for position, axis in enumerate(("cuda", "python", "torch")):
+        have = {combo[position] for combo in made}
+        for i, value in enumerate(getattr(matrix.axes, axis)):
+            if value in have:
+                continue
+            reasons = [s.reason for s in skipped if getattr(s, axis) == value]
+            why = f"no wheel: {reasons[0]}" if reasons else "every combination with it is excluded"
+            problems.append(f"{matrix.where('axes', axis, i)}: {value} yields no cell ({why})")
+    return problems
+
+
+def _no_product(matrix: Matrix, skipped: list[Skipped]) -> str:
+    why = f"no wheel for any, e.g. {skipped[0].name}: {skipped[0].reason}" if skipped else "all are excluded"
+    return f"{matrix.where('axes')}: no combination of the axes yields a cell ({why})"
+
+
+def _excludes_without_effect(matrix: Matrix) -> list[str]:
+    combos = list(itertools.product(matrix.axes.cuda, matrix.axes.python, matrix.axes.torch))
+    return [f"{matrix.where('exclude', i)}: matches no combination of the axes"
+            for i, rule in enumerate(matrix.exclude) if not any(rule.matches(*combo) for combo in combos)]
+
+
+def _included_cells(matrix: Matrix, source: Path) -> tuple[dict[str, Cell], list[str]]:
+    cells: dict[str, Cell] = {}
+    first: dict[str, int] = {}
+    problems = []
+    for i, inc in enumerate(matrix.include):
+        name = cell_name(inc.cuda, inc.python, inc.torch, inc.flavour)
+        where = matrix.where("include", i)
+        if name in first:
+            problems.append(f"{where}: {name} is already include[{first[name]}]; give each include once "
+                            "(a flavour name once per cell)")
+            continue
+        first[name] = i
+        if inc.layers is not None and inc.flavour is None:
+            problems.append(f"{where}: {name}: `layers` goes with `flavour` (a cell of the axes takes "
+                            "its layers from settings and overrides)")
+            continue
+        if inc.flavour is not None and not inc.layers:
+            problems.append(f"{where}: flavour {inc.flavour!r} needs `layers` of its own (without them it is the "
+                            "plain cell under another name)")
+            continue
+        try:
+            cells[name] = _included(matrix, inc)
+        except compat.Incompatible as exc:
+            problems.append(f"{where}: include[{i}] {name}: {exc}")
+    return cells, problems
+
+
+def _selectors_without_cells(matrix: Matrix, cells: list[Cell]) -> list[str]:
+    """An override or default that selects no cell is a mistyped version: it would silently do nothing."""
+    problems = [f"{matrix.where('overrides', i, 'match')}: selects no cell of the matrix"
+                for i, o in enumerate(matrix.overrides)
+                if not any(o.match.matches(c.cuda, c.python, c.torch) for c in cells)]
+    if not any(c.python == matrix.defaults.python for c in cells):
+        problems.append(f"{matrix.where('defaults', 'python')}: no cell has Python {matrix.defaults.python}")
+    for cuda, torch in matrix.defaults.torch.items():
+        if not any(c.cuda == cuda and c.torch == torch for c in cells):
+            problems.append(f"{matrix.where('defaults', 'torch', cuda)}: no cell has torch {torch} on CUDA {cuda}")
+    return problems
 
 
 class _NoWheel(compat.Incompatible):

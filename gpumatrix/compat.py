@@ -81,8 +81,13 @@ def _variant_fits(variant: str, cuda: str) -> bool:
 
 
 def require_known(torch: str, cuda: str) -> None:
-    _torch_row(torch)
+    require_torch(torch)
     cuda_base(cuda)
+
+
+def require_torch(torch: str) -> None:
+    """Incompatible unless the release (or nightly series) is in the compatibility data."""
+    _torch_row(torch)
 
 
 def variant_for(torch: str, cuda: str) -> str:

@@ -7,18 +7,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StringConstraints, \
+    ValidationError
 
+from . import grammar
 from .errors import UsageError
-from .secrets import has_credentials
+from .project import read_input
+from .secrets import has_credentials, redact
 
 MAX_YAML_NODES = 20_000  # an alias bomb expands far past this; a real matrix stays far below it
 MAX_YAML_DEPTH = 32  # a real matrix nests five levels deep
 
-Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
-TorchVersion = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+(\.dev\d{8})?$")]  # .devYYYYMMDD: nightly
-Cuda = Annotated[str, StringConstraints(pattern=r"^(\d+\.\d+|cpu)$")]
-Arch = Annotated[str, StringConstraints(pattern=r"^sm_\d{2,3}a?$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")]
+TorchVersion = Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+(\.dev[0-9]{8})?$")]  # .devYYYYMMDD: nightly
+Cuda = Annotated[str, StringConstraints(pattern=r"^([0-9]+\.[0-9]+|cpu)$")]
+Arch = Annotated[str, StringConstraints(pattern=r"^sm_[0-9]{2,3}a?$")]
 Layer = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 def _not_none(name: str) -> str:
     if name == "none":
@@ -29,22 +32,25 @@ def _not_none(name: str) -> str:
 # A suffix of cell names and tags.
 Flavour = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$"), AfterValidator(_not_none)]
 ImageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")]
-REGISTRY_PATTERN = r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"  # host[:port][/namespace...]
+REGISTRY_PATTERN = r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"  # host[:port][/namespace...]
 Registry = Annotated[str, StringConstraints(pattern=REGISTRY_PATTERN)]
-Text = Annotated[str, StringConstraints(min_length=1)]
 Companion = Literal["torchvision", "torchaudio"]
 Installer = Literal["uv", "pip"]
 AppStage = Literal["runtime", "devel"]
 
 
-def _without_credentials(url: str) -> str:
-    if has_credentials(url):
+def _without_credentials(url):
+    if isinstance(url, str) and "://" in url and has_credentials(url.split()[0]):
         raise ValueError("holds credentials, which would be committed and rendered into docker/; "
                          "give the index URL with its credentials in GPUMATRIX_INDEX_URL or --index-url instead")
     return url
 
 
-IndexUrl = Annotated[Text, AfterValidator(_without_credentials)]
+# Checked before the grammar, so a URL with credentials is refused for what it is, and never echoed.
+IndexUrl = Annotated[str, BeforeValidator(_without_credentials), StringConstraints(pattern=grammar.INDEX_URL)]
+ImageRef = Annotated[str, StringConstraints(pattern=grammar.IMAGE_REFERENCE)]
+DebianPackage = Annotated[str, StringConstraints(pattern=grammar.DEBIAN_PACKAGE)]
+Network = Annotated[str, StringConstraints(pattern=grammar.NETWORK)]
 
 
 class _Strict(BaseModel):
@@ -54,20 +60,20 @@ class _Strict(BaseModel):
 class Settings(_Strict):
     """What a cell gets beyond its versions; set for all cells under `settings`, per cell under `overrides`."""
 
-    base_image: Text | None = None
-    runtime_image: Text | None = None
+    base_image: ImageRef | None = None
+    runtime_image: ImageRef | None = None
     index_url: IndexUrl | None = None
     nightly_index_url: IndexUrl | None = None
     pre: bool | None = None
     archs: list[Arch] | None = None
     layers: list[Layer] | None = None
     companions: list[Companion] | None = None
-    os_packages: list[Text] | None = None
+    os_packages: list[DebianPackage] | None = None
     pip: Version | None = None
     installer: Installer | None = None  # what installs the app layer
     uv: Version | None = None
     app_stage: AppStage | None = None  # where the app layer is installed: on the runtime base, or the devel base
-    network: Text | None = None
+    network: Network | None = None
 
 
 class Selector(_Strict):
@@ -118,22 +124,27 @@ class Matrix(_Strict):
     exclude: list[Selector] = []
     settings: Settings = Settings()
     overrides: list[Override] = []
+    _source: Path = PrivateAttr(default=Path("matrix.yaml"))
+    _lines: dict = PrivateAttr(default_factory=dict)
+
+    def where(self, *loc) -> str:
+        """`file:line: key` of a place in the matrix file, for messages about what is written there."""
+        line = _line_for(tuple(loc), self._lines)
+        key = _dotted(tuple(loc)) or "(top level)"
+        return f"{self._source}:{line}: {key}" if line else f"{self._source}: {key}"
 
 
 def load_matrix(path: Path) -> Matrix:
     """Read and validate a matrix file; every problem becomes one line of a UsageError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the matrix file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}): save the matrix as UTF-8") from None
+    text = read_input(path, "matrix file")
     data, lines = _parse_yaml(text, path)
     try:
-        return Matrix.model_validate(data)
+        matrix = Matrix.model_validate(data)
     except ValidationError as exc:
         described = dict.fromkeys(_describe(err, path, lines) for err in _one_per_key(exc.errors()))
         raise UsageError("\n".join(described)) from None
+    matrix._source, matrix._lines = path, lines
+    return matrix
 
 
 _UNION_BRANCH = re.compile(r"^(str|bool|int|float|none|constrained-str|function-.*|.*\[.*\])$")
@@ -162,9 +173,9 @@ def _describe(err: dict, path: Path, lines: dict[tuple, int]) -> str:
     elif err["type"] == "missing":
         message = "required key is missing"
     elif err["type"] == "string_pattern_mismatch":
-        message = f"{err['input']!r} is not valid here ({_pattern_hint(loc)})"
+        message = f"{redact(str(err['input']))!r} is not valid here ({_pattern_hint(loc)})"
     line = f"{path}:{where}: {key}: {message}" if where else f"{path}: {key}: {message}"
-    return line.replace("\n", "\\n")
+    return line.replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _pattern_hint(loc: tuple) -> str:
@@ -177,6 +188,12 @@ def _pattern_hint(loc: tuple) -> str:
         "registry": "a registry host[:port][/namespace]",
         "layers": "a layer is the name of a requirements/<name>.in file",
         "flavour": "a flavour is lower case letters and digits, dashes between, e.g. serve",
+        "base_image": "an image reference such as nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04",
+        "runtime_image": "an image reference such as nvidia/cuda:12.8.1-base-ubuntu24.04",
+        "index_url": "an http(s) URL such as https://download.pytorch.org/whl/{variant}",
+        "nightly_index_url": "an http(s) URL such as https://download.pytorch.org/whl/nightly/{variant}",
+        "os_packages": "a Debian package name such as libgl1, optionally =version",
+        "network": "a Docker network mode such as default or host",
     }
     return hints.get(last, "a version such as 3.11 or 2.7.1")
 

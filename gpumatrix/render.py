@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +13,18 @@ from pathlib import Path
 import jinja2
 
 from .cells import Cell
+from .errors import UsageError
 from .project import Project, write_atomic
 
 TEMPLATE = "Dockerfile.j2"
 LABEL_PREFIX = "io.gpumatrix"
+RENDERED_MARK = "# Rendered by gpumatrix from templates/Dockerfile.j2"  # how every rendered file begins
 
 
 def environment(templates: Path) -> jinja2.Environment:
+    if not (templates / TEMPLATE).is_file():
+        raise UsageError(f"{templates / TEMPLATE}: no such template; the project root is the directory that holds "
+                         "the matrix file, and it needs templates/ (give --matrix inside the project)")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates),
         undefined=jinja2.StrictUndefined,
@@ -59,6 +66,12 @@ def expected_versions(cell: Cell) -> dict[str, str | None]:
 
 
 def render_cell(env: jinja2.Environment, cell: Cell, image: str) -> str:
+    text = _render(env, cell, image)
+    guard_instructions(text, _render(env, _skeleton(cell), image), cell.name)
+    return text
+
+
+def _render(env: jinja2.Environment, cell: Cell, image: str) -> str:
     return env.get_template(TEMPLATE).render(
         cell=cell,
         packages=[("torch", cell.torch_pin), *cell.companions],
@@ -67,18 +80,62 @@ def render_cell(env: jinja2.Environment, cell: Cell, image: str) -> str:
     )
 
 
+def _skeleton(cell: Cell) -> Cell:
+    """The cell with every value reduced to characters no Dockerfile syntax is made of: its instruction list is
+    the template's own for this cell's branches."""
+    def plain(value):
+        if isinstance(value, str):
+            return re.sub(r"[^A-Za-z0-9._+-]", "", value) or "x"
+        if isinstance(value, tuple):
+            return tuple(plain(v) for v in value)
+        return value
+
+    return dataclasses.replace(cell, **{f.name: plain(getattr(cell, f.name)) for f in dataclasses.fields(cell)})
+
+
+def instructions(dockerfile: str) -> list[str]:
+    """The instruction keywords of a Dockerfile, in order (continuation lines joined, comments skipped)."""
+    found, continued = [], False
+    for line in dockerfile.splitlines():
+        stripped = line.strip()
+        if not continued and stripped and not stripped.startswith("#"):
+            found.append(stripped.split(None, 1)[0].upper())
+        if continued and stripped.startswith("#"):
+            continue  # a comment inside a continuation neither ends nor starts an instruction
+        continued = bool(re.search(r"\\$", line))
+    return found
+
+
+def guard_instructions(text: str, skeleton: str, name: str) -> None:
+    """The last guard: a value that slipped past its grammar must not add, drop or change an instruction."""
+    got, want = instructions(text), instructions(skeleton)
+    if len(text.splitlines()) != len(skeleton.splitlines()):
+        raise UsageError(f"{name}: a value of this cell spans lines in the rendered Dockerfile, which could add "
+                         "instructions to it; nothing was written")
+    if got != want:
+        at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise UsageError(f"{name}: the rendered Dockerfile has instructions the template does not ({len(got)} against "
+                         f"{len(want)}, first difference at instruction {at + 1}); a value of this cell contains "
+                         "Dockerfile syntax; nothing was written")
+
+
 @dataclass(frozen=True)
 class RenderResult:
     written: tuple[Path, ...]
     removed: tuple[Path, ...]
     stale: tuple[str, ...]
+    kept: tuple[Path, ...] = ()  # leftover directories holding more than a rendered Dockerfile: left alone
 
 
 def render_all(project: Project, cells: tuple[Cell, ...], image: str, check: bool = False) -> RenderResult:
-    """Write docker/<cell>/Dockerfile for every cell and remove directories of cells that are gone.
+    """Write docker/<cell>/Dockerfile for every cell and remove the rendered directories of cells that are gone.
 
     With check=True nothing is written; `stale` names every file that differs, is missing or is left over.
     """
+    if not cells:
+        raise UsageError(f"{project.matrix}: no cells to render; nothing was written or removed")
+    if project.docker.exists() and not project.docker.is_dir():
+        raise UsageError(f"{project.docker}: is a file, where the rendered Dockerfiles' directory belongs")
     env = environment(project.templates)
     texts = {cell.name: render_cell(env, cell, image) for cell in cells}
     stale = [name for name, text in texts.items() if _read(project.dockerfile(name)) != text]
@@ -91,9 +148,11 @@ def render_all(project: Project, cells: tuple[Cell, ...], image: str, check: boo
     for name in stale:
         write_atomic(project.dockerfile(name), texts[name])
         written.append(project.dockerfile(name))
-    for directory in leftovers:
+    removable = [d for d in leftovers if _only_a_rendered_dockerfile(d)]
+    for directory in removable:
         shutil.rmtree(directory)
-    return RenderResult(tuple(written), tuple(leftovers), ())
+    kept = tuple(d for d in leftovers if d not in removable)
+    return RenderResult(tuple(written), tuple(removable), (), kept)
 
 
 def _state(path: Path) -> str:
@@ -102,15 +161,30 @@ def _state(path: Path) -> str:
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        what = "is a directory" if isinstance(exc, IsADirectoryError) else f"cannot be read ({exc})"
+        raise UsageError(f"{path}: {what}, where a rendered Dockerfile belongs; move it away") from None
 
 
 def _leftover_dirs(docker_dir: Path, names: set[str]) -> list[Path]:
     if not docker_dir.is_dir():
         return []
     return sorted(p for p in docker_dir.iterdir() if p.is_dir() and p.name not in names)
+
+
+def _only_a_rendered_dockerfile(directory: Path) -> bool:
+    """Only what render itself wrote is removed; anything a person put there is reported and left alone."""
+    entries = list(directory.iterdir())
+    if [p.name for p in entries] != ["Dockerfile"] or not entries[0].is_file():
+        return False
+    try:
+        with open(entries[0], encoding="utf-8") as fh:
+            return fh.read(4096).lstrip().startswith(RENDERED_MARK)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def content_digest(dockerfile: str, lock: bytes | None, build_args: dict[str, str]) -> str:

@@ -120,27 +120,47 @@ def test_exclude_removes_matching_product_cells(project, matrix_text, expand_tex
 
 def test_exclude_with_list_values(project, matrix_text, expand_text):
     text = matrix_text(
+        cuda=("12.4", "12.8"), python=("3.11", "3.12"), torch=("2.5.1", "2.6.0"),
+        extra="""\
+        exclude:
+          - {cuda: ["12.4", "12.8"], python: ["3.11"], torch: "2.6.0"}
+        """,
+    )
+    assert names(expand_text(project, text)) == {
+        "cu12.4-py3.11-torch2.5.1", "cu12.8-py3.11-torch2.5.1",
+        "cu12.4-py3.12-torch2.5.1", "cu12.8-py3.12-torch2.5.1",
+        "cu12.4-py3.12-torch2.6.0", "cu12.8-py3.12-torch2.6.0",
+    }
+
+
+def test_excluding_every_combination_is_one_error_not_an_empty_matrix(project, matrix_text, expand_text):
+    text = matrix_text(
         cuda=("12.4", "12.8"), python=("3.11",), torch=("2.6.0",),
         extra="""\
         exclude:
           - {cuda: ["12.4", "12.8"], python: ["3.11"]}
         """,
     )
-    assert names(expand_text(project, text)) == set()
+    with pytest.raises(UsageError) as info:
+        expand_text(project, text)
+    assert str(info.value).splitlines() == [
+        f"{project / 'matrix.yaml'}:3: axes: no combination of the axes yields a cell (all are excluded)"]
 
 
 def test_include_adds_a_cell_outside_the_product_even_if_excluded(project, matrix_text, expand_text):
     text = matrix_text(
-        cuda=("12.8",), python=("3.11", "3.12"), torch=("2.7.1",),
+        cuda=("12.8",), python=("3.11", "3.12"), torch=("2.7.1", "2.11.0"),
         extra="""\
         exclude:
-          - {torch: "2.7.1"}
+          - {python: "3.12", torch: "2.7.1"}
         include:
           - {cuda: "12.8", python: "3.12", torch: "2.7.1"}
           - {cuda: cpu, python: "3.11", torch: "2.13.0"}
         """,
     )
-    assert names(expand_text(project, text)) == {"cu12.8-py3.12-torch2.7.1", "cpu-py3.11-torch2.13.0"}
+    assert names(expand_text(project, text)) == {
+        "cu12.8-py3.11-torch2.7.1", "cu12.8-py3.11-torch2.11.0", "cu12.8-py3.12-torch2.11.0",
+        "cu12.8-py3.12-torch2.7.1", "cpu-py3.11-torch2.13.0"}
 
 
 def test_include_duplicating_a_product_cell_gives_one_cell(project, matrix_text, expand_text):

@@ -51,7 +51,7 @@ def test_template_branches_pass_hadolint(project, cli, write_matrix, matrix_text
     write_matrix(
         project,
         matrix_text(
-            cuda=("12.4", "12.8", "cpu"), python=("3.10", "3.12"), torch=("2.6.0",),
+            cuda=("12.4", "12.8", "cpu"), python=("3.10", "3.12"), torch=("2.6.0",), default_python="3.12",
             extra="""\
             settings:
               os_packages: [git, curl]

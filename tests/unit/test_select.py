@@ -57,7 +57,8 @@ def test_defaults_torch_per_cuda_overrides_newest(project, matrix_text, expand_t
 
 
 def test_default_python_falls_back_to_newest_when_default_has_no_cell(project, matrix_text, expand_text):
-    text = matrix_text(python=("3.10", "3.12"), default_python="3.11")
+    text = matrix_text(python=("3.10", "3.12"), default_python="3.11",
+                       extra="include:\n  - {cuda: cpu, python: '3.11', torch: '2.13.0'}\n")
     cell, why = choose_one(expand_text(project, text), Filters(cuda="12.8"))
     assert cell.python == "3.12"
     assert "3.11" in why

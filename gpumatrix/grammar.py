@@ -1,0 +1,30 @@
+"""The grammar of every value a user's file or command line can put into a Dockerfile or a build request.
+
+Each pattern admits only what its kind of value may hold (Docker's reference grammar, an http(s) URL, a Debian
+package name, ...), so no value can carry a newline, a quote or a shell metacharacter into a rendered file.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Docker's reference grammar (distribution/reference): [host[:port]/]path[:tag][@algo:hex]
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = (rf"^(?:{_HOST}(?::[0-9]{{1,5}})?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+                   r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+
+# An http(s) index URL: scheme, host, optional port, then a path of URL-safe characters; `{variant}` is the one
+# placeholder. No userinfo (told apart by secrets.has_credentials), no quotes, `$`, spaces or control characters.
+INDEX_URL = (rf"^https?://{_HOST}(?::[0-9]{{1,5}})?"
+             r"(?:/(?:[A-Za-z0-9._~%!*+,;=:/-]|\{variant\})*)?(?:\?[A-Za-z0-9._~%!*+,;=:/&-]*)?$")
+
+# A Debian package as apt-get takes it: name[:arch][=version].
+DEBIAN_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[0-9][A-Za-z0-9.+~:-]*)?$"
+
+# A Docker network mode for the build containers: default, host, none, or a network's name.
+NETWORK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(pattern, value) is not None
