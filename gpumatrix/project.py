@@ -69,7 +69,7 @@ def read_input(path: Path, what: str, limit: int = MAX_INPUT_BYTES) -> str:
         with open(path, "rb") as fh:
             raw = fh.read(limit + 1)
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such {what}") from None
+        raise UsageError(f"{path}: cannot read the {what}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, not a {what}") from None
     except OSError as exc:
@@ -83,11 +83,18 @@ def read_input(path: Path, what: str, limit: int = MAX_INPUT_BYTES) -> str:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    A directory in the way is the user's input (UsageError); a write that fails (a full disk) is WorkFailed.
+    """
     raw = data.encode() if isinstance(data, str) else data
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory; give a file path, or move the directory away")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"cannot write {path}: a file stands where a directory of its path belongs") from None
     except OSError as exc:
         raise WorkFailed(f"cannot write {path}: {exc.strerror or exc}") from None
     try:

@@ -72,12 +72,18 @@ def render_cell(env: jinja2.Environment, cell: Cell, image: str) -> str:
 
 
 def _render(env: jinja2.Environment, cell: Cell, image: str) -> str:
-    return env.get_template(TEMPLATE).render(
-        cell=cell,
-        packages=[("torch", cell.torch_pin), *cell.companions],
-        expected=expected_versions(cell),
-        labels=labels(cell, image),
-    )
+    """The template rendered for `cell`; a template the project broke is one line naming its file and line."""
+    try:
+        return env.get_template(TEMPLATE).render(
+            cell=cell,
+            packages=[("torch", cell.torch_pin), *cell.companions],
+            expected=expected_versions(cell),
+            labels=labels(cell, image),
+        )
+    except jinja2.TemplateSyntaxError as exc:
+        raise UsageError(f"{exc.filename or TEMPLATE}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise UsageError(f"templates/{TEMPLATE}: cannot render cell {cell.name}: {exc}") from None
 
 
 def _skeleton(cell: Cell) -> Cell:

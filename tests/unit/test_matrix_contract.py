@@ -323,3 +323,29 @@ def test_any_edit_of_the_matrix_renders_or_is_refused_with_nothing_changed(edits
         assert {str(p): p.read_bytes() for p in sorted(project.rglob("*")) if p.is_file()} == before
     else:
         assert cli("--matrix", str(project / "matrix.yaml"), "render", "--check")[0] == 0
+
+
+# ---- the project's own files ------------------------------------------------------------------------------------
+
+
+def test_a_broken_template_is_one_line_naming_its_line(cli, rendered_project, snapshot):
+    template = rendered_project / "templates" / "Dockerfile.j2"
+    lines = template.read_text().splitlines(keepends=True)
+    lines.insert(20, "{% if cell.pre %}\n")  # never closed
+    template.write_text("".join(lines))
+    before = snapshot(rendered_project)
+    rc, out, err = cli("--matrix", str(rendered_project / "matrix.yaml"), "render")
+    assert rc == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {template}:") and "template syntax error" in err
+    assert snapshot(rendered_project) == before
+
+
+def test_a_directory_given_as_the_build_report_is_refused_before_building(cli, rendered_project, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # a build that started would fail here
+    report_dir = rendered_project / "out" / "report-dir"
+    report_dir.mkdir(parents=True)
+    rc, out, err = cli("--matrix", str(rendered_project / "matrix.yaml"), "build", "--cuda", "cpu",
+                       "--report", str(report_dir))
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == f"error: --report {report_dir}: is a directory; give the path of a file"
