@@ -17,7 +17,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from .cells import Cell, Expansion
 from .errors import UsageError
-from .project import write_atomic
+from .project import read_input, write_atomic
 
 ENV_REGISTRY = "GPUMATRIX_BASES_REGISTRY"
 DOCKER_HUB = "docker.io"
@@ -102,13 +102,20 @@ class Pin:
 
 
 def read_pins(path: Path) -> dict[str, Pin]:
-    """The pins file as {reference: Pin}; a missing file pins nothing, a malformed one is bad input."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    """The pins file as {reference: Pin}; a missing file pins nothing, a malformed one is bad input (one line:
+    a directory, more than 1 MB, not UTF-8, not YAML, not the shape `build.py bases` writes)."""
+    if not path.exists() and not path.is_symlink():
         return {}
+    text = read_input(path, "base-image pins file")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); regenerate it with `make bases`")
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else f"{path}"
+        first = (getattr(exc, "problem", None) or str(exc).splitlines()[0]).strip()
+        raise UsageError(f"{where}: not valid YAML ({first}); regenerate it with `make bases`") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not valid YAML (nested too deeply); regenerate it with `make bases`") from None
     entries = data.get("bases") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise UsageError(f"{path}: expected a mapping `bases:` of image reference -> digest and resolved time")
@@ -120,7 +127,8 @@ def _pin(path: Path, ref, entry) -> Pin:
     resolved = entry.get("resolved") if isinstance(entry, dict) else None
     if not isinstance(ref, str) or not isinstance(digest, str) or not _DIGEST.fullmatch(digest) \
             or not isinstance(resolved, str):
-        raise UsageError(f"{path}: bases: {ref}: expected `digest: sha256:<64 hex>` and `resolved: <time>`")
+        shown = ref if isinstance(ref, str) and ref.isprintable() else repr(ref)
+        raise UsageError(f"{path}: bases: {shown}: expected `digest: sha256:<64 hex>` and `resolved: <time>`")
     try:
         parse_reference(ref)
     except UsageError as exc:

@@ -22,9 +22,10 @@ from .errors import UsageError, WorkFailed
 from .lockfile import (
     PIP_TOOLS_VERSION,
     REQ_LINE,
-    input_files,
+    body_digest,
+    content_problems,
+    input_texts,
     inputs_digest,
-    problems,
     validate_inputs,
     where_required,
 )
@@ -142,8 +143,8 @@ def remove_live() -> None:
 def _inputs_tar(project: Project, cell: Cell) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in input_files(project, cell):
-            data = path.read_bytes()
+        for path, text in input_texts(project, cell).items():
+            data = text.encode("utf-8")
             info = tarfile.TarInfo(f"{WORK.lstrip('/')}/{path.relative_to(project.root)}")
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -186,6 +187,8 @@ def _read_file(container, path: str) -> str:
 
 
 def _with_header(project: Project, cell: Cell, body: str, torch_stage: list[str]) -> str:
+    """The header block, an empty line, the body. `# body-sha256:` covers the body: every byte after that empty line
+    (lockfile.split_lock and body_digest read it back)."""
     body = body.split("# The following packages are considered to be unsafe")[0].rstrip() + "\n"
     constraints = "\n".join(torch_stage) + "\n"
     lines = [
@@ -193,6 +196,7 @@ def _with_header(project: Project, cell: Cell, body: str, torch_stage: list[str]
         f"# layers: {' '.join(cell.layers)}",
         f"# inputs-sha256: {inputs_digest(project, cell)}",
         f"# torch-constraints-sha256: {hashlib.sha256(constraints.encode()).hexdigest()}",
+        f"# body-sha256: {body_digest(body)}",
         f"# pip-tools: {PIP_TOOLS_VERSION}",
         *_nightly_lines(cell),
         "# The torch stage installs these; they are never installed from this lock:",
@@ -212,8 +216,8 @@ def _nightly_lines(cell: Cell) -> list[str]:
 
 
 def write_lock(project: Project, cell: Cell, text: str) -> Path:
-    found = [p for p in problems(project, cell, text) if "torch-stage package" in p]
-    if found:
+    found, _ = content_problems(project.relative(project.lock(cell.name)), cell, text)
+    if found:  # pip-compile wrote what no build may use (a torch-stage package, a pin without hashes): write nothing
         raise WorkFailed("\n".join(found))
     if _cancelled.is_set():
         raise WorkFailed("cancelled: an interrupted run writes no lock")
