@@ -304,7 +304,8 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
 def _missing_layers(cells, source: Path, requirements_dir: Path) -> list[str]:
     wanted = sorted({layer for cell in cells for layer in cell.layers})
     return [
-        f"{source}: layer {layer!r}: {requirements_dir / (layer + '.in')} does not exist"
+        f"{source}: layer {layer!r}: {requirements_dir / (layer + '.in')} "
+        + ("is a directory, not a requirements file" if (requirements_dir / f"{layer}.in").is_dir() else "does not exist")
         for layer in wanted
         if not (requirements_dir / f"{layer}.in").is_file()
     ]

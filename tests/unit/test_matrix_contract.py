@@ -349,3 +349,48 @@ def test_a_directory_given_as_the_build_report_is_refused_before_building(cli, r
                        "--report", str(report_dir))
     assert rc == 2
     assert err.strip().splitlines()[-1] == f"error: --report {report_dir}: is a directory; give the path of a file"
+
+
+_IN_PIECES = st.sampled_from(["requests", "numpy<2", "==", ">=1.0", "; python_version<'3.12'", "[extra]", " @ ",
+                              "https://example.org/x.whl", "-r ", "-c ", "../", "/etc/passwd", "cpu.in", "app.in",
+                              "--index-url https://x", "-e .", "#", "\n", "\r\n", "\t", "\\", "\x00", "\xe9", "\u0665",
+                              "torch", "nvidia-cublas-cu12", " ", "$(id)"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.one_of(_IN_PIECES, st.text(max_size=5)), max_size=12).map("".join))
+def test_any_in_file_bakes_or_is_refused_with_nothing_changed(text, cli, tmp_path_factory, repo):
+    """`bake` of the CPU cell reads its layer (requirements/cpu.in) and lock: for any text of the layer, exit 0 or
+    exit 2 with only `error:` lines, no traceback, and no file written on exit 2."""
+    project = tmp_path_factory.mktemp("inprop")
+    for part in ("templates", "requirements", "docker", "locks"):
+        shutil.copytree(repo / part, project / part)
+    shutil.copy(repo / "matrix.yaml", project / "matrix.yaml")
+    (project / "requirements" / "cpu.in").write_text(text, encoding="utf-8", errors="surrogateescape")
+    before = {str(p): p.read_bytes() for p in sorted(project.rglob("*")) if p.is_file()}
+    rc, out, err = cli("--matrix", str(project / "matrix.yaml"), "bake", "--cuda", "cpu")
+    assert rc in (0, 2), err
+    assert "Traceback" not in err
+    if rc == 2:
+        assert all(line.startswith("error: ") or line.startswith("run `make lock`")
+                   for line in err.splitlines() if line.strip()), err
+        assert {str(p): p.read_bytes() for p in sorted(project.rglob("*")) if p.is_file()} == before
+
+
+def test_list_with_a_directory_in_place_of_a_lock_is_one_line(cli, rendered_project, repo):
+    shutil.copytree(repo / "locks", rendered_project / "locks")
+    lock = rendered_project / "locks" / "cpu-py3.11-torch2.13.0.txt"
+    lock.unlink()
+    lock.mkdir()
+    rc, out, err = cli("--matrix", str(rendered_project / "matrix.yaml"), "list", "--cuda", "cpu")
+    assert rc == 2 and out == ""
+    assert err.strip() == f"error: {lock}: is a directory, not a lock"
+
+
+def test_a_directory_in_place_of_a_layer_file_is_named_for_what_it_is(cli, project):
+    (project / "requirements" / "cpu.in").unlink()
+    (project / "requirements" / "cpu.in").mkdir()
+    rc, out, err = cli("--matrix", str(project / "matrix.yaml"), "list")
+    assert rc == 2
+    assert err.strip() == (f"error: {project / 'matrix.yaml'}: layer 'cpu': {project / 'requirements' / 'cpu.in'} "
+                           "is a directory, not a requirements file")
