@@ -11,11 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
-from . import bases, report
+from . import bases, grammar, report, secrets
 from .cells import Expansion, expand
 from .errors import UsageError, WorkFailed
 from .matrix import REGISTRY_PATTERN, load_matrix
-from .project import Project, write_atomic
+from .project import Project, read_input, write_atomic
 from .render import content_digest, content_tag, environment, render_all, render_cell
 from .lock import lock_cells
 from .lockfile import check_all
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _pattern(regex: str, what: str):
     def check(value: str) -> str:
-        if not re.fullmatch(regex, value):
+        if not re.fullmatch(regex, value, re.ASCII):
             raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
         return value
 
@@ -43,6 +43,8 @@ VERSION_ARG = _pattern(r"\d+\.\d+(\.\d+)?", "a version such as 3.11 or 2.7.1")
 FLAVOUR_ARG = _pattern(r"[a-z0-9]+(-[a-z0-9]+)*", "a flavour name such as serve (lower case, digits, dashes)")
 REGISTRY_ARG = _pattern(REGISTRY_PATTERN.strip("^$"), "a registry and namespace such as ghcr.io/acme or 127.0.0.1:5000/team")
 TORCH_ARG = _pattern(r"\d+\.\d+\.\d+(\.dev\d{8})?", "a torch release such as 2.7.1 (or a nightly 2.16.0.dev20261120)")
+IMAGE_ARG = _pattern(grammar.IMAGE_REFERENCE, "an image reference such as nvidia/cuda:12.8.1-base-ubuntu24.04")
+NETWORK_ARG = _pattern(grammar.NETWORK, "a Docker network mode such as host")
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -111,16 +113,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true",
                    help="check a Python environment on this host (testinfra's local backend) instead of an image")
     p.add_argument("--interpreter", help="with --local: that environment's Python (default: python on PATH)")
-    p.add_argument("--image", help="check this image reference instead of the cell's tag (one cell)")
-    p.add_argument("--base-image", help="the --base-image the image was built with (its labels name it)")
-    p.add_argument("--runtime-image", help="the --runtime-image the image was built with")
+    p.add_argument("--image", type=IMAGE_ARG, help="check this image reference instead of the cell's tag (one cell)")
+    p.add_argument("--base-image", type=IMAGE_ARG, help="the --base-image the image was built with (its labels name it)")
+    p.add_argument("--runtime-image", type=IMAGE_ARG, help="the --runtime-image the image was built with")
     p.add_argument("--out", type=Path, default=None, help="results directory (default out/tests)")
     p.set_defaults(run=cmd_test)
 
     p = sub.add_parser("sbom", help="write a CycloneDX SBOM of one cell's image (or every match with --all)")
     _add_filters(p)
     p.add_argument("--all", action="store_true", help="every cell that matches the filters")
-    p.add_argument("--image", help="this image reference instead of the cell's tag (one cell)")
+    p.add_argument("--image", type=IMAGE_ARG, help="this image reference instead of the cell's tag (one cell)")
     p.add_argument("--out", type=Path, default=None, help="SBOM directory (default out/sbom)")
     p.set_defaults(run=cmd_sbom)
 
@@ -158,12 +160,14 @@ def _positive(value: str) -> int:
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-image", help="devel base instead of nvidia/cuda (a mirror, or the test stand-in)")
-    p.add_argument("--runtime-image", help="slim runtime base instead of nvidia/cuda ...-base")
+    p.add_argument("--base-image", type=IMAGE_ARG,
+                   help="devel base instead of nvidia/cuda (a mirror, or the test stand-in)")
+    p.add_argument("--runtime-image", type=IMAGE_ARG, help="slim runtime base instead of nvidia/cuda ...-base")
     p.add_argument("--index-url", default=os.environ.get("GPUMATRIX_INDEX_URL") or None,
                    help="torch index instead of download.pytorch.org; {variant} is replaced (default: "
                         "$GPUMATRIX_INDEX_URL, the place for an index URL with credentials)")
-    p.add_argument("--network", help="network mode of the build containers, e.g. host to reach a loopback index")
+    p.add_argument("--network", type=NETWORK_ARG,
+                   help="network mode of the build containers, e.g. host to reach a loopback index")
 
 
 def load(matrix_path: Path, pinned: bool = True) -> tuple[Project, Expansion]:
@@ -189,6 +193,9 @@ def cmd_render(args) -> int:
         report.info(f"wrote {path.relative_to(project.root)}")
     for path in result.removed:
         report.info(f"removed {path.relative_to(project.root)}/ (no such cell)")
+    for path in result.kept:
+        report.info(f"kept {path.relative_to(project.root)}/: no such cell, but it holds more than a rendered "
+                    "Dockerfile; remove it by hand if it is not needed")
     report.info(f"{len(expansion.cells)} cells, {len(result.written)} written, {len(result.removed)} removed")
     return 0
 
@@ -265,10 +272,11 @@ def cmd_build(args) -> int:
     cells = chosen_cells(args, expansion, "building")
     overrides = overrides_of(args)
     _note_unpinned(cells, overrides)
+    report_path = args.report or project.out / "build-report.json"
+    _refuse_directory(report_path, "--report")
     requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
         outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
-    report_path = args.report or project.out / "build-report.json"
     write_report(report_path, outcomes)
     report.build_summary(outcomes)
     report.info(f"build report: {report_path}")
@@ -279,6 +287,12 @@ def cmd_build(args) -> int:
     if failed:
         raise WorkFailed(f"{len(failed)} of {len(outcomes)} cells failed: {', '.join(failed)}")
     return 0
+
+
+def _refuse_directory(path: Path, option: str) -> None:
+    """A file the command will write is checked before the work starts, not after it."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give the path of a file")
 
 
 def _note_unpinned(cells: list, overrides: Overrides) -> None:
@@ -292,14 +306,18 @@ def _note_unpinned(cells: list, overrides: Overrides) -> None:
 
 
 def cmd_lock(args) -> int:
+    from .lockfile import orphan_locks
+
     project, expansion = load(args.matrix)
     cells = select(expansion, Filters(args.cuda, args.python, args.torch, args.flavour))
     if args.check:
         found = check_all(project, cells)
-        for line in found:
+        orphans = orphan_locks(project, list(expansion.cells))  # the whole matrix: filters narrow what is checked
+        for line in found + orphans:
             report.problem(line)
         if found:
             report.info("run `make lock` (python build.py lock) and commit locks/")
+        if found or orphans:
             return 1
         report.info(f"locks/ is up to date ({sum(1 for c in cells if c.layers)} locks)")
         return 0
@@ -376,10 +394,11 @@ def cmd_push(args) -> int:
     if creds:
         scrub.add(creds.password, creds.username)
     settings = push.RetrySettings(attempts=args.attempts)
+    catalog_dir = args.catalog or project.out / "catalog"
+    push.load_catalog(catalog_dir)  # a catalog that is no catalog is refused before anything is pushed
     client = engine.connect()
     requests = push.plan(project, client, cells, registry, expansion.matrix.image)
     requests = sbom.for_push(project, client, requests, report.info)
-    catalog_dir = args.catalog or project.out / "catalog"
     if creds:
         try:
             push.login(client, registry, creds, scrub, settings)
@@ -407,9 +426,10 @@ def cmd_catalog(args) -> int:
 
     project = Project(args.matrix)
     catalog_dir = args.catalog or project.out / "catalog"
-    missing = [str(p) for p in args.parts if not (p if p.is_dir() else p.parent).joinpath("images.json").is_file()]
+    missing = [f"{p}: no images.json in this directory" if p.is_dir() else f"{p}: no such catalog file"
+               for p in args.parts if not (p / "images.json" if p.is_dir() else p).exists()]
     if missing:
-        raise UsageError(f"no images.json in: {', '.join(missing)}")
+        raise UsageError("\n".join(missing))
     entries = push.merge_catalogs(catalog_dir, args.parts)
     report.info(f"catalog: {len(entries)} images in {catalog_dir / 'images.json'}, {catalog_dir / 'images.md'}")
     return 0
@@ -445,10 +465,9 @@ def cmd_bake(args) -> int:
 
 
 def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return None
+    return read_input(path, "lock").encode()
 
 
 class Terminated(KeyboardInterrupt):
@@ -463,7 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
     try:
+        # Every secret this run may see, remembered before anything can print it: report.py masks them all.
+        argv = sys.argv[1:] if argv is None else list(argv)
+        secrets.forget()
+        secrets.remember_environment()
+        given = secrets.remember_options(argv, "--index-url")
         args = parser().parse_args(argv)
+        if getattr(args, "index_url", None) is not None:
+            secrets.check_index_url(args.index_url, "--index-url" if given else "GPUMATRIX_INDEX_URL")
         return args.run(args)
     except (UsageError, WorkFailed) as exc:
         report.problem(redact(str(exc)))
@@ -471,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         report.problem("terminated" if isinstance(exc, Terminated) else "interrupted")
         return 143 if isinstance(exc, Terminated) else 130
+    except (OSError, ValueError) as exc:  # UnicodeError is a ValueError: bad input no step put into words
+        if os.environ.get("GPUMATRIX_TRACEBACK"):  # for whoever debugs gpumatrix itself
+            raise
+        report.problem(secrets.one_line(exc))
+        return UsageError.exit_code
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)

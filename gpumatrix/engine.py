@@ -18,7 +18,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 from .cells import Cell
 from .errors import UsageError
-from .secrets import redact
+from .secrets import has_space_or_control, redact, remember_url, shown, url_userinfo
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 STAGE_RE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)", re.IGNORECASE)
@@ -28,17 +28,52 @@ CONNECTION_LOST = (APIError, DockerException, requests.exceptions.RequestExcepti
 
 
 def connect() -> docker.DockerClient:
-    """A client for the engine in DOCKER_HOST (or the default socket); UsageError when nobody answers."""
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    """A client for the engine in DOCKER_HOST (or the default socket); UsageError when nobody answers.
+
+    A DOCKER_HOST that is no engine address (a bad scheme, port or IPv6 bracket, userinfo, a space or control
+    character) is refused in one line naming it, before any connection is tried; any password in it is masked.
+    """
+    host = os.environ.get("DOCKER_HOST") or None
+    where = host or "unix:///var/run/docker.sock"
+    if host is not None:
+        _check_docker_host(host)
     try:
         client = docker.from_env(timeout=600)
         client.ping()
         return client
-    except DockerException as exc:
-        reason = str(exc).splitlines()[0][:160]
-        raise UsageError(
+    except (DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError,
+            ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(redact(
             f"cannot reach the Docker engine at {where} (DOCKER_HOST): {reason}; start dockerd or set DOCKER_HOST"
-        ) from None
+        )) from None
+
+
+def _check_docker_host(host: str) -> None:
+    problem = _docker_host_problem(host)
+    if problem:
+        remember_url(host, token_alone=False, loose=True)  # a password with a bare @ or / is no userinfo to a parser
+        raise UsageError(redact(f"DOCKER_HOST={shown(host)} {problem}; "
+                                "use unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://HOST"))
+
+
+def _docker_host_problem(host: str) -> str | None:
+    from docker.utils import parse_host
+
+    if has_space_or_control(host):
+        return "holds a space or a control character"
+    scheme = host.partition("://")[0].lower() if "://" in host else ""
+    if scheme in ("tcp", "http", "https") and url_userinfo(host, loose=True) is not None:
+        return ("takes no user:password@: a tcp:// engine authenticates with TLS client certificates "
+                "(DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)")
+    try:
+        parse_host(host, False, tls=bool(os.environ.get("DOCKER_TLS_VERIFY")))
+    except (DockerException, ValueError, TypeError, IndexError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        if "port" in reason.lower():  # the SDK quotes the "port", which may be half of a password
+            reason = "its port is no number from 1 to 65535, or is missing"
+        return f"is not an engine address ({reason})"
+    return None
 
 
 @dataclass

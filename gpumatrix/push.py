@@ -10,13 +10,11 @@ Credentials come from the docker config or REGISTRY_USER / REGISTRY_PASSWORD and
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import os
 import re
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +26,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from .cells import Cell
 from .errors import UsageError
-from .project import Project, write_atomic
+from .project import MAX_INPUT_BYTES, Project, read_input, write_atomic
+from .secrets import Secrets
 
 TRANSIENT_RE = re.compile(
     r"connection refused|connection reset|broken pipe|\bEOF\b|i/o timeout|TLS handshake timeout|timed out"
@@ -68,27 +67,10 @@ def classify(message: str) -> PushError:
 # ---- credentials ------------------------------------------------------------------------------------------------
 
 
-class Scrubber:
-    """Replaces every form of the secrets (plain, URL-quoted, base64 of user:password) in text meant for people."""
-
-    def __init__(self, secrets: list[str] | None = None):
-        self.forms: list[str] = []
-        for secret in secrets or []:
-            self.add(secret)
-
-    def add(self, secret: str, user: str | None = None) -> None:
-        if not secret:
-            return
-        forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
-        if user is not None:
-            pair = f"{user}:{secret}".encode()
-            forms |= {base64.b64encode(pair).decode(), base64.urlsafe_b64encode(pair).decode()}
-        self.forms = sorted(set(self.forms) | forms, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for form in self.forms:
-            text = text.replace(form, "***")
-        return text
+class Scrubber(Secrets):
+    """Masks the registry password in every form (plain, URL-quoted, base64 of user:password) and every credential
+    gpumatrix.secrets recognises: the one implementation behind every line the CLI prints (report.py redacts with
+    the secrets `cli.main` remembers, REGISTRY_PASSWORD among them)."""
 
 
 @dataclass(frozen=True)
@@ -169,19 +151,45 @@ def refusal(project: Project, client: docker.DockerClient, cell: Cell) -> str | 
     except ImageNotFound:
         return f"{cell.name}: no image {cell.tags[0]} on the engine; run `make image {make}`, then {run_test.removeprefix('run ')}"
     path = project.test_record(cell.name)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
+    record, why = read_test_record(path)
+    if why == "missing":
         return f"{cell.name}: not tested (no {project.relative(path)}); {run_test}"
-    except (OSError, ValueError) as exc:
-        return f"{cell.name}: unreadable test record {project.relative(path)} ({exc}); {run_test}"
-    if not isinstance(record, dict) or record.get("passed") is not True:
+    if why:
+        return f"{cell.name}: the test record {project.relative(path)} {why}; {run_test}"
+    if record.get("passed") is not True:
         return f"{cell.name}: the image checks did not pass ({project.relative(path)}); fix the image, then {run_test.removeprefix('run ')}"
     if record.get("image_id") != image.id:
         tested = str(record.get("image_id"))[:19]
         return (f"{cell.name}: the tested image ({tested}) is not the current image {image.id[:19]} "
                 f"(rebuilt since the test); {run_test}")
     return None
+
+
+def read_test_record(path: Path) -> tuple[dict, str | None]:
+    """The record `build.py test` wrote, or why it cannot be used ("missing", or what is wrong with it)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_INPUT_BYTES + 1)
+    except FileNotFoundError:
+        return {}, "missing"
+    except IsADirectoryError:
+        return {}, "is a directory, not a file"
+    except OSError as exc:
+        return {}, f"cannot be read ({exc.strerror or exc})"
+    if len(raw) > MAX_INPUT_BYTES:
+        return {}, f"is larger than {MAX_INPUT_BYTES:,} bytes, which no test run writes"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return {}, f"is not UTF-8 text (byte {exc.start})"
+    except ValueError as exc:
+        return {}, f"is not valid JSON ({exc})"
+    if not isinstance(record, dict):
+        return {}, f"is a JSON {type(record).__name__}, not the object `build.py test` writes"
+    for key, kind in (("passed", bool), ("image_id", str)):
+        if not isinstance(record.get(key), kind):
+            return {}, f"has no {key!r} ({'true or false' if kind is bool else 'an image id'})"
+    return record, None
 
 
 def cell_tags(cell: Cell, image) -> tuple[str, ...]:
@@ -364,15 +372,93 @@ def catalog_entry(req: PushRequest, outcome: PushOutcome) -> dict:
     }
 
 
+# What an entry must hold (catalog_entry writes them all): the merge refuses an entry without them, and the
+# optional keys the Markdown view shows must have the type catalog_entry gives them.
+REQUIRED_KEYS = {"cell": str, "repository": str, "tags": list, "reference": str, "digest": str, "cuda": str}
+OPTIONAL_KEYS = {"size": int, "driver_floor": str, "archs": list, "sbom": dict}
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def load_catalog(directory: Path) -> dict[str, dict]:
+    """The catalog in `directory` (none yet: empty); UsageError, one line per problem, when it is not one."""
     path = directory / "images.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return {}
+    return read_catalog(path)
+
+
+def read_catalog(path: Path) -> dict[str, dict]:
+    """Entries by cell from an images.json; every problem (not UTF-8, not JSON, not the shape catalog_entry
+    writes, a required key missing, the same cell twice) is one line naming the file and the entry and key."""
+    entries, problems = _catalog_entries(path)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return entries
+
+
+def _catalog_entries(path: Path) -> tuple[dict[str, dict], list[str]]:
+    text = read_input(path, "catalog (images.json)")
+    try:
+        data = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc}); remove it or restore it") from None
-    return {e["cell"]: e for e in data.get("images", []) if isinstance(e, dict) and "cell" in e}
+        return {}, [f"{path}: not valid JSON ({exc}); remove it or restore it"]
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        return {}, [f"{path}: not a catalog: expected an object {{\"images\": [...]}} as `build.py push` writes"]
+    entries, problems, first = {}, [], {}
+    for i, entry in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
+        found = _entry_problems(entry)
+        if found:
+            problems += [f"{where}: {p}" for p in found]
+            continue
+        if entry["cell"] in first:
+            problems.append(f"{where}: cell {entry['cell']!r} appears twice (also images[{first[entry['cell']]}])")
+            continue
+        first[entry["cell"]] = i
+        entries[entry["cell"]] = entry
+    return entries, problems
+
+
+def _entry_problems(entry) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f"is a JSON {type(entry).__name__}, not an object"]
+    problems = []
+    for key, kind in REQUIRED_KEYS.items():
+        value = entry.get(key)
+        if key not in entry:
+            problems.append(f"missing required key {key!r}")
+        elif not isinstance(value, kind) or not value:
+            problems.append(f"{key}: expected a non-empty {_kind(kind)}, got {_json(value)}")
+    for key, kind in OPTIONAL_KEYS.items():
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            problems.append(f"{key}: expected {_kind(kind)} or null, got {_json(value)}")
+    if problems:
+        return problems
+    if not all(isinstance(t, str) and t for t in entry["tags"]):
+        problems.append(f"tags: expected tag names (strings), got {_json(entry['tags'])}")
+    if not all(isinstance(a, str) for a in entry.get("archs") or []):
+        problems.append(f"archs: expected arch names (strings), got {_json(entry['archs'])}")
+    if not DIGEST_RE.fullmatch(entry["digest"]):
+        problems.append(f"digest: expected sha256:<64 hex digits>, got {_json(entry['digest'])}")
+    elif entry["reference"] != f"{entry['repository']}@{entry['digest']}":
+        problems.append(f"reference: expected repository@digest ({entry['repository']}@{entry['digest']}), "
+                        f"got {_json(entry['reference'])}")
+    sbom = entry.get("sbom")
+    if sbom is not None:
+        for key, kind in (("path", str), ("sha256", str), ("components", int)):
+            if not isinstance(sbom.get(key), kind) or isinstance(sbom.get(key), bool):
+                problems.append(f"sbom.{key}: expected {_kind(kind)}, got {_json(sbom.get(key))}")
+    return problems
+
+
+def _kind(kind: type) -> str:
+    return {str: "string", list: "list", int: "whole number", dict: "object"}[kind]
+
+
+def _json(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def update_catalog(directory: Path, requests: list[PushRequest], outcomes: list[PushOutcome]) -> dict[str, dict]:
@@ -388,10 +474,18 @@ def update_catalog(directory: Path, requests: list[PushRequest], outcomes: list[
 
 
 def merge_catalogs(directory: Path, parts: list[Path]) -> dict[str, dict]:
-    """Merge catalogs of CI jobs (one cell each) into one; a later part wins for the same cell."""
-    entries = load_catalog(directory)
-    for part in parts:
-        entries.update(load_catalog(part if part.is_dir() else part.parent))
+    """Merge catalogs of CI jobs (one cell each) into one; a later part wins for the same cell. Each part is a
+    catalog directory or an images.json file. Every part and the catalog itself are read and checked first: any
+    problem in any of them (each one line naming the file, entry and key) and nothing is written."""
+    entries, problems = {}, []
+    files = [directory / "images.json"] if (directory / "images.json").exists() else []
+    files += [part / "images.json" if part.is_dir() else part for part in parts]
+    for path in files:
+        found, wrong = _catalog_entries(path)
+        entries.update(found)
+        problems += wrong
+    if problems:
+        raise UsageError("\n".join(problems))  # nothing written: the catalog stays as it was
     write_catalog(directory, entries)
     return entries
 

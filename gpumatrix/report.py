@@ -9,9 +9,18 @@ from rich.console import Console
 from rich.table import Table
 
 from .cells import Cell, Skipped
+from .secrets import redact
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console(Console):
+    """Every string printed goes through secrets.redact: no credential reaches a terminal or a CI log."""
+
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*(redact(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def cell_record(cell: Cell, tags: list[str]) -> dict:

@@ -394,3 +394,22 @@ def test_a_directory_in_place_of_a_layer_file_is_named_for_what_it_is(cli, proje
     assert rc == 2
     assert err.strip() == (f"error: {project / 'matrix.yaml'}: layer 'cpu': {project / 'requirements' / 'cpu.in'} "
                            "is a directory, not a requirements file")
+
+
+@pytest.mark.parametrize("args, option", [
+    (("build", "--cuda", "cpu", "--base-image", "a b"), "--base-image"),
+    (("build", "--cuda", "cpu", "--runtime-image", "ubuntu:24.04;id"), "--runtime-image"),
+    (("lock", "--cuda", "cpu", "--network", "host; id"), "--network"),
+    (("test", "--cuda", "cpu", "--image", "x y"), "--image"),
+    (("sbom", "--cuda", "cpu", "--image", "$(id)"), "--image"),
+    (("list", "--python", "\u0663.11"), "--python"),
+    (("build", "--cuda", "cpu", "--index-url", 'https://example.org/"$(id)"'), "--index-url"),
+])
+def test_command_line_values_pass_the_same_grammar(cli, rendered_project, snapshot, args, option, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # nothing may reach an engine
+    before = snapshot(rendered_project)
+    rc, out, err = cli("--matrix", str(rendered_project / "matrix.yaml"), *args)
+    assert rc == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], err
+    assert snapshot(rendered_project) == before

@@ -160,7 +160,7 @@ def test_an_engine_error_is_classified_and_scrubbed():
     client.api.push = explode
     outcome, lines = run(client, RetrySettings(attempts=2, wait_min=0, wait_max=0), Scrubber(["hunter2"]))
     assert outcome.status == "failed" and outcome.attempts == 2
-    assert "the engine refused the push" in outcome.error and "u:***@r" in outcome.error
+    assert "the engine refused the push" in outcome.error and "Get http://***@r/v2/" in outcome.error
     assert "hunter2" not in outcome.error + "".join(lines)
 
 
@@ -208,7 +208,8 @@ def test_catalog_adds_pushed_and_drops_failed_cells(tmp_path: Path):
 def test_merge_catalogs(tmp_path: Path):
     req = request()
     for i, name in enumerate(("a", "b")):
-        entry = push.catalog_entry(req, push.PushOutcome(req.cell.name, "pushed", req.repository, [], DIGEST))
+        outcome = push.PushOutcome(req.cell.name, "pushed", req.repository, list(req.tags), DIGEST)
+        entry = push.catalog_entry(req, outcome)
         entry["cell"] = f"cell-{name}"
         push.write_catalog(tmp_path / name, {entry["cell"]: entry})
     merged = push.merge_catalogs(tmp_path / "all", [tmp_path / "a", tmp_path / "b" / "images.json"])
