@@ -51,7 +51,7 @@ def bake_file(project: Project, image: str, cells: list[Cell], overrides: Overri
     """
     stale = check_all(project, cells)
     if stale:  # every missing or stale lock at once, before anything is written
-        raise UsageError("\n".join(stale) + "\nrun `make lock` (python build.py lock) and commit locks/")
+        raise UsageError("\n".join(stale))  # each line names its fix
     env = environment(project.templates)
     targets: dict[str, dict] = {}
     files: dict[Path, bytes] = {}
