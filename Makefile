@@ -13,7 +13,7 @@ OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)
 
 .PHONY: venv render check list image images lock lock-check test unit integration demo bench clean
-.PHONY: push bake matrix bases bases-check
+.PHONY: push bake matrix bases bases-check doctor
 
 venv: $(BIN)/.installed
 
@@ -74,6 +74,14 @@ bake: venv
 
 matrix: venv
 	$(BUILD) matrix --format github $(FILTERS)
+
+# Which image starts on this host's driver and has kernels for its GPUs (nvidia-smi), or on another host's:
+# DRIVER=570.124.06 GPU="H100,RTX 4090,sm_120" (comma-separated names or archs), NVIDIA_SMI=FILE (recorded output),
+# CATALOG=out/catalog (pushed images instead of the matrix), FORMAT=json. Exit 0: one fits; 1: none; 2: bad input.
+doctor: venv
+	$(BUILD) doctor $(FILTERS) $(if $(DRIVER),--driver $(DRIVER)) $(if $(GPU),--gpu '$(GPU)') \
+		$(if $(NVIDIA_SMI),--nvidia-smi-output $(NVIDIA_SMI)) $(if $(CATALOG),--catalog $(CATALOG)) \
+		$(if $(FORMAT),--format $(FORMAT))
 
 test: venv
 	$(BIN)/python -m pytest tests/unit tests/integration

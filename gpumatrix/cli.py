@@ -150,6 +150,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", type=REGISTRY_ARG, help="registry/namespace for the tags (default: the matrix's)")
     p.add_argument("--output", type=Path, default=None, help="the bake file (default docker-bake.json)")
     p.set_defaults(run=cmd_bake)
+
+    from .doctor import DRIVER_PATTERN
+    p = sub.add_parser("doctor", help="which image starts on this host's driver and has kernels for its GPUs")
+    _add_filters(p)
+    p.add_argument("--driver", type=_pattern(DRIVER_PATTERN, "an NVIDIA driver version such as 550.54.15"),
+                   help="the driver version (default: ask this host's nvidia-smi)")
+    p.add_argument("--gpu", action="append", default=[], metavar="NAME|sm_XY",
+                   help="a GPU by name (H100, 'RTX 4090') or arch (sm_90); repeat, or separate with commas, for "
+                        "several (default: ask nvidia-smi)")
+    p.add_argument("--nvidia-smi-output", type=Path, metavar="FILE",
+                   help="read what `nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader` "
+                        "printed on some host, instead of asking this one")
+    p.add_argument("--catalog", type=Path, default=None, metavar="DIR|FILE",
+                   help="judge the pushed images of a catalog (out/catalog or its images.json), not the matrix")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(run=cmd_doctor)
     return top
 
 
@@ -462,6 +478,27 @@ def cmd_bake(args) -> int:
     report.info(f"wrote {output} ({len(cells)} targets, group `all`) and build contexts under {context_root}")
     report.info(f"build the matrix: docker buildx bake -f {output} all")
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    host = doctor.find_host(args.driver, args.gpu, args.nvidia_smi_output)
+    filters = Filters(args.cuda, args.python, args.torch, args.flavour)
+    if args.catalog is not None:
+        candidates, prefer_python = doctor.catalog_candidates(args.catalog, filters), None
+    else:
+        _, expansion = load(args.matrix)
+        candidates = [doctor.candidate_of_cell(c) for c in select(expansion, filters)]
+        prefer_python = expansion.matrix.defaults.python
+    diagnosis = doctor.diagnose(host, candidates, prefer_python)
+    if args.format == "json":
+        report.print_json(doctor.as_json(diagnosis))
+    else:
+        report.out.print(doctor.table(diagnosis))
+        for line in doctor.summary_lines(diagnosis):
+            report.out.print(line, markup=False)
+    return 0 if diagnosis.recommended else 1
 
 
 def _read_bytes(path: Path) -> bytes | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Annotated, Literal
 
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 
 class Incompatible(ValueError):
@@ -171,3 +173,72 @@ def python_source(cuda: str, python: str) -> str:
     if base.ubuntu is None:
         return "base"
     return "apt" if facts()["ubuntu_python"].get(base.ubuntu) == python else "deadsnakes"
+
+
+# ---- driver branches and GPU models (doctor) ------------------------------------------------------------------------
+
+
+def forward_compat_branches(cuda: str) -> tuple[int, ...]:
+    """Older driver branches the CUDA row's base image accepts for forward compatibility (its NVIDIA_REQUIRE_CUDA)."""
+    cuda_base(cuda)
+    row = facts()["cuda"][cuda].get("forward_compat") or {}
+    return tuple(int(branch) for branch in row.get("branches", ()))
+
+
+class GpuModel(BaseModel):
+    """A row of data/gpus.yaml."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    capability: Annotated[str, StringConstraints(pattern=r"^\d+\.\d$")]
+    segment: Literal["datacenter", "workstation", "consumer"]
+    also: tuple[str, ...] = ()
+    source: str
+
+    @property
+    def arch(self) -> str:
+        major, minor = self.capability.split(".")
+        return f"sm_{major}{minor}"
+
+    @property
+    def datacenter(self) -> bool:
+        return self.segment == "datacenter"
+
+
+@cache
+def gpu_models() -> tuple[GpuModel, ...]:
+    data = yaml.safe_load(resources.files("gpumatrix").joinpath("data/gpus.yaml").read_text())
+    models = tuple(GpuModel(**row) for row in data["gpus"])
+    unknown = {m.source for m in models} - set(data["sources"])
+    if unknown:
+        raise ValueError(f"gpumatrix/data/gpus.yaml: rows name unknown sources: {', '.join(sorted(unknown))}")
+    return models
+
+
+_BRAND_WORDS = ("nvidia", "geforce", "tesla", "quadro")
+
+
+def _plain_gpu_name(name: str) -> str:
+    """Lower case, single spaces, without the leading brand words: "NVIDIA GeForce RTX 4090" -> "rtx 4090"."""
+    words = name.casefold().split()
+    while words and words[0] in _BRAND_WORDS:
+        words = words[1:]
+    return " ".join(words)
+
+
+def _starts_gpu_name(prefix: str, name: str) -> bool:
+    """`prefix` is `name` or its start up to a space or a dash (A100 starts A100-SXM4-80GB, A10 does not)."""
+    return name == prefix or (name.startswith(prefix) and not name[len(prefix)].isalnum())
+
+
+def find_gpu(name: str) -> GpuModel | None:
+    """The model whose name (or another name of it) starts the given name, the longest match; None when unknown."""
+    plain = _plain_gpu_name(name)
+    found = [(len(known), model) for model in gpu_models() for known in map(_plain_gpu_name, (model.name, *model.also))
+             if known and _starts_gpu_name(known, plain)]
+    return max(found, key=lambda pair: pair[0])[1] if found else None
+
+
+def known_gpu_names() -> list[str]:
+    return [model.name for model in gpu_models()]
