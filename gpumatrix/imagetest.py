@@ -119,6 +119,41 @@ def expected_labels(cell: Cell, image_name: str, lock: bytes | None, options: Op
     return {key: values.get(value, value) for key, value in labels(cell, image_name)}
 
 
+def runtime_base_env(client, cell: Cell, options: Options) -> dict[str, str] | None:
+    """The runtime base's own Config.Env, as the engine has it; None when no engine or the base is not on it."""
+    if client is None:
+        return None
+    runtime = options.runtime_image or cell.runtime_image
+    try:
+        env = client.images.get(runtime).attrs["Config"].get("Env") or []
+    except (ImageNotFound, APIError):
+        return None
+    return dict(e.split("=", 1) for e in env)
+
+
+def cell_facts(cell: Cell, image_name: str, options: Options, base_env: dict[str, str] | None) -> dict:
+    """The cell's facts, from which tests/image states on its own the labels and env an image must carry. The suite
+    does not read the expectations' "labels" and "env": render.labels and RUNTIME_ENV wrote those, and the same
+    code wrote the image's, so a mistake there would pass."""
+    return {
+        "name": cell.name,
+        "image_name": image_name,
+        "cuda": cell.cuda,  # "cpu" or the base's CUDA minor
+        "cuda_patch": cell.cuda_patch,
+        "python": cell.python,
+        "torch": cell.torch,
+        "torch_pin": cell.torch_pin,
+        "variant": cell.variant,
+        "wheel_cuda": cell.variant_cuda,
+        "archs": list(cell.archs),
+        "wheel_archs": list(cell.wheel_archs),
+        "driver_floor": cell.driver_floor,
+        "base_image": options.base_image or cell.base_image,
+        "runtime_image": options.runtime_image or cell.runtime_image,
+        "runtime_base_env": base_env,
+    }
+
+
 def expected_require_cuda(client, cell: Cell, options: Options) -> tuple[bool, str | None, str]:
     """(known, NVIDIA_REQUIRE_CUDA the image must carry, why). The template keeps the runtime base's own value."""
     runtime = options.runtime_image or cell.runtime_image
@@ -139,7 +174,7 @@ def expected_require_cuda(client, cell: Cell, options: Options) -> tuple[bool, s
 
 def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Options, *, mode: str,
                  inspect: dict | None, require_cuda: tuple[bool, str | None, str], gpu: bool | None,
-                 python_exe: str) -> dict:
+                 python_exe: str, base_env: dict[str, str] | None = None) -> dict:
     lock_text = lock.decode() if lock is not None else None
     stage, locked = lock_parts(lock_text)
     known, value, why = require_cuda
@@ -164,6 +199,7 @@ def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Optio
         "env": {**RUNTIME_ENV, **(CUDA_ENV if cell.is_cuda else {})},
         "inspect": inspect,
         "gpu": gpu,
+        "cell_facts": cell_facts(cell, image_name, options, base_env),
     }
 
 
@@ -330,6 +366,7 @@ def _run_cell(project, image_name, cell, lock, options, out: Path, log: Log, *, 
     expect = expectations(
         cell, image_name, lock, options, mode=mode, inspect=image.attrs if image is not None else None,
         require_cuda=expected_require_cuda(client, cell, options), gpu=gpu, python_exe=python_exe,
+        base_env=runtime_base_env(client, cell, options),
     )
     paths = {k: out / f"{cell.name}{k}" for k in (".json", ".xml", ".md", ".expect.json")}
     write_atomic(paths[".expect.json"], json.dumps(expect, indent=2) + "\n")

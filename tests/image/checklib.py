@@ -1,7 +1,9 @@
-"""Pure helpers of the image suite: arch coverage, name canonicalisation, set differences. No testinfra here."""
+"""Pure helpers of the image suite: arch coverage, name canonicalisation, set differences, and the labels and env an
+image must carry, stated from the cell's facts. No testinfra here."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 
@@ -104,3 +106,97 @@ def tail(result, lines: int = 15) -> str:
     """The last lines of a command's output, for failure messages."""
     text = (result.stdout + result.stderr).strip().splitlines()
     return "\n".join(text[-lines:])
+
+
+# --- what the image's metadata must say, stated here from the cell's facts ------------------------------------------
+# These are the promises of the README ("The rendered Dockerfile", "Image checks"), written out on their own: nothing
+# here comes from gpumatrix.render.labels or gpumatrix.imagetest.RUNTIME_ENV, which wrote the image's labels and env,
+# so a mistake there fails the checks instead of being expected.
+
+CELL_NAME = re.compile(
+    r"(?:cpu|cu(?P<cuda>\d+\.\d+))-py(?P<python>\d+\.\d+)-torch(?P<torch>[^-]+)(?:-(?P<flavour>.+))?")
+IMAGE_ENV = {
+    "VIRTUAL_ENV": "/opt/venv",
+    "PIP_CONSTRAINT": "/opt/gpumatrix/constraints.txt",
+    "PIP_NO_CACHE_DIR": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+CUDA_IMAGE_ENV = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+
+
+def fact_problems(cell: dict) -> list[str]:
+    """Where the cell's facts disagree with its name, or with each other (a CPU cell has no archs, a CUDA cell's
+    variant is its wheel's CUDA, the pin is the release plus the variant)."""
+    m = CELL_NAME.fullmatch(cell["name"])
+    if not m:
+        return [f"cell name {cell['name']!r}: expected cuX.Y-pyX.Y-torchA.B.C or cpu-pyX.Y-torchA.B.C"]
+    problems = [f"{key}: the name says {said!r}, the facts say {cell[key]!r}"
+                for key, said in (("cuda", m["cuda"] or "cpu"), ("python", m["python"]), ("torch", m["torch"]))
+                if cell[key] != said]
+    if cell["cuda"] == "cpu":
+        wanted = {"variant": "cpu", "wheel_cuda": None, "archs": [], "wheel_archs": [], "driver_floor": None}
+    else:
+        wheel = cell["wheel_cuda"] or ""
+        wanted = {"variant": "cu" + wheel.replace(".", "")}
+        if not wheel:
+            problems.append(f"wheel_cuda: expected the CUDA of the {cell['variant']} wheels, found {wheel!r}")
+        if not cell["driver_floor"]:
+            problems.append(f"driver_floor: expected the driver floor of CUDA {cell['cuda']}, found none")
+        if not str(cell["cuda_patch"]).startswith(cell["cuda"] + "."):
+            problems.append(f"cuda_patch: expected a patch of CUDA {cell['cuda']}, found {cell['cuda_patch']!r}")
+    wanted["torch_pin"] = f"{cell['torch']}+{cell['variant']}"
+    problems += [f"{key}: expected {value!r}, found {cell[key]!r}"
+                 for key, value in wanted.items() if cell[key] != value]
+    return problems
+
+
+def expected_labels(cell: dict, lock_text: str | None) -> dict[str, str]:
+    """Every label of the image: the OCI ones and io.gpumatrix.*, the build arguments resolved."""
+    cpu = cell["cuda"] == "cpu"
+    return {
+        "org.opencontainers.image.title": cell["image_name"],
+        "org.opencontainers.image.version": cell["name"],
+        "org.opencontainers.image.description": f"torch {cell['torch_pin']}, Python {cell['python']}, "
+        + ("CPU" if cpu else f"CUDA {cell['cuda_patch']}"),
+        "org.opencontainers.image.base.name": cell["runtime_image"],
+        "io.gpumatrix.cell": cell["name"],
+        "io.gpumatrix.cuda": cell["cuda"],
+        "io.gpumatrix.python": cell["python"],
+        "io.gpumatrix.torch": cell["torch_pin"],
+        "io.gpumatrix.variant": cell["variant"],
+        "io.gpumatrix.archs": ",".join(cell["archs"]),
+        "io.gpumatrix.wheel-archs": ",".join(cell["wheel_archs"]),
+        "io.gpumatrix.driver-floor": cell["driver_floor"] or "",
+        "io.gpumatrix.lock-sha256": hashlib.sha256(lock_text.encode()).hexdigest() if lock_text is not None else "none",
+        "io.gpumatrix.base-image": cell["base_image"],
+        "io.gpumatrix.runtime-image": cell["runtime_image"],
+    }
+
+
+def expected_env(cell: dict) -> dict[str, str | None]:
+    """{name: value} the image's env must hold; None: must be unset. A CPU image sets no NVIDIA_* variables of its
+    own (it keeps whatever its runtime base sets; unchecked when the base's env is unknown)."""
+    if cell["cuda"] != "cpu":
+        return {**IMAGE_ENV, **CUDA_IMAGE_ENV}
+    base = cell["runtime_base_env"]
+    return {**IMAGE_ENV, **({key: base.get(key) for key in CUDA_IMAGE_ENV} if base is not None else {})}
+
+
+def expected_require_cuda(cell: dict) -> tuple[bool, str | None, str]:
+    """(known, NVIDIA_REQUIRE_CUDA the image must carry (None: unset), why).
+
+    The image keeps its runtime base's own value (NVIDIA's carries forward-compatibility exceptions); a CUDA image on
+    a base that sets none gets cuda>= the higher of the base's and the wheel's CUDA; a CPU image sets none."""
+    base, runtime = cell["runtime_base_env"], cell["runtime_image"]
+    if base is not None and base.get("NVIDIA_REQUIRE_CUDA"):
+        return True, base["NVIDIA_REQUIRE_CUDA"], f"the runtime base {runtime} sets it"
+    if cell["cuda"] == "cpu":
+        return True, None, "CPU cell: not set"
+    if base is None:
+        return False, None, f"the runtime base {runtime} is not on the engine: its own value is unknown"
+    from packaging.version import Version
+
+    floor = max(cell["cuda"], cell["wheel_cuda"] or cell["cuda"], key=Version)
+    return True, f"cuda>={floor}", (f"the runtime base sets none: the higher of the base's CUDA {cell['cuda']} and "
+                                    f"the wheel's {cell['wheel_cuda']}")

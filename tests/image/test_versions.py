@@ -2,7 +2,17 @@
 
 import pytest
 
-from checklib import same_version
+from checklib import fact_problems, same_version
+
+
+def test_cell_facts_agree_with_the_cell_name(expect):
+    """The facts the labels are stated from must say what the cell's name says (cuX.Y-pyX.Y-torchA.B.C), and the pin
+    must be the release with the variant's local label."""
+    cell = expect.get("cell_facts")
+    assert cell, "expected the cell's facts (cell_facts) in the expectations, found none"
+    problems = fact_problems(cell)
+    assert cell["name"] == expect["cell"], f"expected the facts of {expect['cell']}, found those of {cell['name']}"
+    assert not problems, f"expected the facts of {cell['name']} to agree with its name, found: " + "; ".join(problems)
 
 
 def test_python_version(expect, facts):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import signal
@@ -12,6 +11,7 @@ import pytest
 
 from gpumatrix.standins import REPOSITORY as STANDIN_REPOSITORY
 from gpumatrix.standins import LoopbackIndex, cpu_index_requirements, ensure_standin_base
+from support.ci import need, unavailable
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -29,13 +29,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
-
-
-def unavailable(reason: str) -> None:
-    """Fail under CI=true, skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +94,7 @@ def cache_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def standin_base(docker_client, cache_dir) -> str:
-    if shutil.which("debootstrap") is None:
-        unavailable("debootstrap not found: apt-get install debootstrap")
+    need("debootstrap", "debootstrap")
     return ensure_standin_base(docker_client, cache_dir)
 
 

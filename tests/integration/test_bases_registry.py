@@ -22,6 +22,7 @@ import requests
 import yaml
 
 from gpumatrix import engine
+from support.ci import need
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +45,6 @@ defaults:
 """
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-def need(tool: str, package: str) -> None:
-    if shutil.which(tool) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} not found: apt-get install {package}")
-        pytest.skip(f"{tool} not found: apt-get install {package}")
 
 
 def free_port() -> int:

@@ -113,6 +113,22 @@ def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(
     assert rec["status"] == "built" and rec["image_id"] == image.id and rec["size"] == image.attrs["Size"]
 
 
+def test_bake_content_tag_is_a_tag_the_build_gave_the_image(project, stand_ins, docker_client):
+    """bake computes a cell's content tag without building (fanout.bake_file hashes the Dockerfile, the lock and the
+    build arguments itself). With the build's overrides that tag must be a tag of the image the build above made, as
+    the engine has it: a build argument, lock byte or Dockerfile line that one side hashes and the other does not makes
+    them differ. bake's labels must be the image's labels too."""
+    result = cli(project, "bake", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    target = json.loads((project / "docker-bake.json").read_text())["target"]["cpu-py3_11-torch2_13_0"]
+    content_tags = [t for t in target["tags"] if re.fullmatch(rf"{re.escape(REPOSITORY)}:{CELL}-[0-9a-f]{{12}}", t)]
+    assert len(content_tags) == 1, target["tags"]
+    image = docker_client.images.get(f"{REPOSITORY}:{CELL}")
+    assert image.id == report(project)[CELL]["image_id"]  # the image the build above made
+    assert content_tags[0] in image.tags, f"bake's {content_tags[0]} is not a tag of the built image: {image.tags}"
+    assert {key: image.labels.get(key) for key in target["labels"]} == target["labels"]
+
+
 def test_image_holds_exactly_the_torch_stage_plus_the_lock(project, docker_client):
     text = lock_text(project)
     wanted = {line.split(": ", 1)[1].lower().replace("_", "-") for line in text.splitlines() if line.startswith("# torch-stage: ")}
@@ -163,24 +179,29 @@ def test_hand_edited_torch_in_the_lock_is_refused_before_building(project, stand
         path.write_text(original)
 
 
-def test_one_failing_cell_does_not_stop_the_others(project, stand_ins):
-    # Python 3.12 is not in the stand-in base: that cell's first RUN fails, the 3.11 cell still builds.
+def test_one_failing_cell_does_not_stop_the_others(project, stand_ins, docker_client):
+    """Python 3.10 is not in the stand-in base: that cell's first RUN fails. Its cell sorts before the 3.11 cell, so
+    the 3.11 cell is built after the failure; --force makes it a build (from the cache), not a skip by content tag."""
     two_cells = project / "two-cells.yaml"
     two_cells.write_text(
         (project / "matrix.yaml").read_text()
         .replace('- {cuda: cpu, python: "3.11", torch: "2.13.0"}',
-                 '- {cuda: cpu, python: "3.11", torch: "2.13.0"}\n  - {cuda: cpu, python: "3.12", torch: "2.13.0"}')
-        + '  - match: {cuda: cpu, python: "3.12"}\n    layers: []\n'
+                 '- {cuda: cpu, python: "3.11", torch: "2.13.0"}\n  - {cuda: cpu, python: "3.10", torch: "2.13.0"}')
+        + '  - match: {cuda: cpu, python: "3.10"}\n    layers: []\n'
     )
     result = subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(two_cells), "build", "--all", "--cuda", "cpu", *stand_ins],
+        [sys.executable, str(REPO / "build.py"), "--matrix", str(two_cells), "build", "--all", "--cuda", "cpu",
+         "--force", "-v", *stand_ins],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 1, result.stderr
-    statuses = {name: rec["status"] for name, rec in report(project).items()}
-    assert statuses == {CELL: statuses[CELL], "cpu-py3.12-torch2.13.0": "failed"}
-    assert statuses[CELL] in ("built", "skipped")
-    assert "cpu-py3.12-torch2.13.0 failed" in result.stderr and "(base) failed" in result.stderr
+    records = report(project)
+    assert list(records) == ["cpu-py3.10-torch2.13.0", CELL]  # the failing cell went first
+    assert {name: rec["status"] for name, rec in records.items()} == {"cpu-py3.10-torch2.13.0": "failed", CELL: "built"}
+    assert docker_client.images.get(f"{REPOSITORY}:{CELL}").id == records[CELL]["image_id"]
+    # -v prints each step's output as `<cell> | <line>`: the 3.11 cell's steps come after the 3.10 cell's failure
+    assert result.stderr.rindex("cpu-py3.10-torch2.13.0 | ") < result.stderr.index(f"{CELL} | "), result.stderr[-3000:]
+    assert "(base) failed" in result.stderr
     assert "1 of 2 cells failed" in result.stderr
 
 

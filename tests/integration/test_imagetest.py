@@ -35,7 +35,7 @@ CHECKS = {
     "test_pip_check", "test_guard_refuses_another_torch", "test_guard_refuses_numpy_across_its_major",
     "test_compiled_extensions_import_with_warnings_as_errors", "test_torch_numpy_interop", "test_labels",
     "test_nvidia_require_cuda", "test_env", "test_compiled_archs_cover_the_target_archs", "test_no_compilers",
-    "test_no_pip_cache", "test_no_apt_lists", "test_no_wheel_files",
+    "test_no_pip_cache", "test_no_apt_lists", "test_no_wheel_files", "test_cell_facts_agree_with_the_cell_name",
 }
 
 
@@ -256,6 +256,41 @@ def test_broken_image_is_caught_by_its_own_check(name, project, bases, cpu_image
             assert failed == {"test_labels"}, failed
         print(f"{name}: caught by {sorted(failed)}")
         assert not leftover_containers(docker_client, tag)
+    finally:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except docker.errors.APIError:
+            pass
+
+
+def test_wrong_label_and_env_fail_although_the_tools_own_expectations_agree(project, bases, cpu_image, docker_client,
+                                                                           tmp_path):
+    """The metadata checks state the labels and env from the cell's facts. render.labels and imagetest.RUNTIME_ENV,
+    which wrote the image's labels and env, also write the expectations' "labels" and "env"; a mistake there is in
+    both. Here the expectations are made to agree with a broken image, and its checks must still fail."""
+    base = docker_client.images.get(cpu_image)
+    tag = f"gpumatrix-negative:label-and-env-{base.id[7:19]}"
+    try:
+        build_derived(docker_client, base.id, "LABEL io.gpumatrix.torch=2.4.1+cu124\nENV PYTHONUNBUFFERED=0", tag)
+        result = cli(project, "test", "--cuda", "cpu", "--image", tag, "--out", str(tmp_path), *bases)
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+        expect = json.loads((tmp_path / f"{CELL}.expect.json").read_text())
+        image = docker_client.images.get(tag)
+        # what a renderer with the image's mistakes would have written
+        expect["labels"] = {k: image.labels[k] for k in expect["labels"]}
+        expect["env"]["PYTHONUNBUFFERED"] = "0"
+        assert expect["labels"]["io.gpumatrix.torch"] == "2.4.1+cu124"
+        agreeing = tmp_path / "agreeing.expect.json"
+        agreeing.write_text(json.dumps(expect))
+        with imagetest.container_for(docker_client, image.id, type("Cell", (), {"name": CELL})(), gpu=False) as box:
+            code = imagetest.run_suite(f"docker://{box.id}", agreeing, tmp_path / "agreeing.xml")
+        assert code == 1
+        cases = {c["name"]: c for c in imagetest.parse_junit(tmp_path / "agreeing.xml")}
+        failed = {n for n, c in cases.items() if c["outcome"] in ("failed", "error")}
+        assert failed == {"test_labels", "test_env"}, failed
+        assert "io.gpumatrix.torch: expected '2.13.0+cpu', found '2.4.1+cu124'" in cases["test_labels"]["message"]
+        assert "PYTHONUNBUFFERED: expected '1', found '0'" in cases["test_env"]["message"]
+        assert not leftover_containers(docker_client, image.id)
     finally:
         try:
             docker_client.images.remove(tag, force=True)

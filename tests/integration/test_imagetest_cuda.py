@@ -1,6 +1,12 @@
-"""`build.py test` on the CUDA 13.0 cell, built with the real CUDA build of torch 2.14.1 on the stand-in base (about
-3 GB of wheels, cached under .cache). A module of its own so that its images, about 11 GB, are removed before the
-next module starts, and the CPU images of test_imagetest.py are gone before it starts.
+"""`build.py test` on the CUDA 13.0 cell, built on the stand-in base with the CUDA build of torch 2.14.1 from PyPI
+(about 3 GB of wheels, cached under .cache). A module of its own so that its images, about 11 GB, are removed before
+the next module starts, and the CPU images of test_imagetest.py are gone before it starts.
+
+The torch wheel is PyPI's, not the PyTorch index's. PyPI publishes it as plain 2.14.1, so this test's loopback index
+relabels it 2.14.1+cu130 itself (LoopbackIndex.fill(local_version=...): `wheel pack --local-version`, which rewrites
+the METADATA version) before the build installs `torch==2.14.1+cu130`. The pin checks of the suite therefore see the
+test's own relabel as the distribution's version. torch.__version__ (2.14.1+cu130), torch.version.cuda (13.0) and
+the compiled archs are the wheel's own. No wheel from download.pytorch.org is installed or checked here.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ def _stable_port(root: Path) -> int:
 
 @pytest.fixture(scope="module")
 def cu130_index(cache_dir):
+    """PyPI's torch 2.14.1 (the CUDA 13.0 build, published without a local label) relabelled 2.14.1+cu130 here."""
     index = LoopbackIndex(cache_dir / "index-cu130", port=_stable_port(cache_dir / "index-cu130"))
     index.fill(["torch==2.14.1"], local_version={"torch": "cu130"})
     try:
@@ -75,7 +82,10 @@ def cu130_project(tmp_path_factory, standin_base, cu130_index) -> Path:
 
 
 @pytest.mark.slow
-def test_cuda13_cell_passes_without_a_gpu(cu130_project, standin_base, docker_client):
+def test_cuda13_cell_with_pypi_torch_relabelled_cu130_by_the_test_passes_without_a_gpu(cu130_project, standin_base,
+                                                                                      docker_client):
+    """The torch distribution the pin checks accept as 2.14.1+cu130 is PyPI's 2.14.1 wheel relabelled by this test's
+    index (see the module docstring), not a wheel of the PyTorch index."""
     started = time.monotonic()
     result = cli(cu130_project, "test", "--cuda", "13.0", "--base-image", standin_base, "--runtime-image", standin_base)
     print(f"suite on the cu130 image: {time.monotonic() - started:.0f}s")

@@ -25,20 +25,14 @@ import pytest
 import requests
 from packaging.utils import canonicalize_name
 
+from support.ci import need
+
 REPO = Path(__file__).resolve().parents[2]
 CELL = "cpu-py3.11-torch2.13.0"
 OWN_REGISTRY = "gpumatrix.test/push"  # the matrix's registry in this module's project copy
 LOCAL_REPO = f"{OWN_REGISTRY}/gpu-images"
 USER, PASSWORD = "ci-bot", "Tr0ub4dor&3-secret-XYZ"
 INDEX_USER, INDEX_TOKEN = "index-bot", "idx-T0ken-4c9e1f"  # the loopback index ignores them; pip sends them
-
-
-def need(tool: str, package: str) -> None:
-    if shutil.which(tool) is None:
-        reason = f"{tool} not found: apt-get install {package}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -1,8 +1,15 @@
-"""Reproducibility across two clean checkouts: byte-identical renders and locks, and two builds of the same cell
-from the same inputs that hold the same files and the same `pip freeze`.
+"""Reproducibility between two copies of the project in one test session: byte-identical renders and locks, and two
+`--no-cache` builds of the same cell from the same inputs that hold the same files and the same `pip freeze`.
 
-A checkout here is the repository's tracked files copied into a directory of its own, as a clone would have them.
-The second build runs with --no-cache, so it repeats every install instead of reusing the first build's layers.
+A copy here is the working tree's files that git tracks or would add (`git ls-files --cached --others
+--exclude-standard`: uncommitted edits and new files included, ignored files not) copied into a directory of its
+own, as a clone of the next commit would lay them out. The two copies are not independent machines or runs. They
+share this session's Docker engine, one stand-in base image, one loopback index (the same wheel files at the same
+URL), and PyPI at nearly the same moment. The second copy's lock also reuses the torch stage the engine cached for
+the first, because both send the same Dockerfile and build arguments. So these tests show that the renders, locks
+and builds do not depend on the directory or on anything the first copy left behind. They do not show that another
+machine, another stand-in base or another day's index gives the same bytes. The second build runs with --no-cache,
+so it repeats every install instead of reusing the first build's layers.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ cd / && find opt/venv opt/gpumatrix -type f ! -name '*.pyc' -print0 | sort -z | 
 
 
 def checkout(target: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split("\0")):
         source = REPO / name
         if source.is_file():
@@ -66,7 +74,8 @@ def differing(a: Path, b: Path) -> list[str]:
     return found
 
 
-def test_render_is_byte_identical_in_two_checkouts(checkouts):
+def test_render_is_byte_identical_in_two_copies_of_the_project(checkouts):
+    """render uses no engine or index: two directories, the same Dockerfiles, equal to the committed ones."""
     a, b = checkouts
     for root in checkouts:
         shutil.rmtree(root / "docker")
@@ -76,7 +85,10 @@ def test_render_is_byte_identical_in_two_checkouts(checkouts):
     assert differing(REPO / "docker", a / "docker") == []
 
 
-def test_lock_is_byte_identical_in_two_checkouts(checkouts, stand_ins):
+def test_lock_is_byte_identical_in_two_copies_sharing_one_engine_base_and_index(checkouts, stand_ins):
+    """Both locks are compiled with the same stand-in base and loopback index on one engine (the second in the torch
+    stage the engine cached for the first). This shows the lock does not depend on the copy, not that another
+    machine would write the same bytes."""
     a, b = checkouts
     for root in checkouts:
         (root / "locks" / f"{CELL}.txt").unlink()
@@ -88,7 +100,9 @@ def in_image(client, image: str, command: str) -> str:
     return client.containers.run(image, ["bash", "-c", command], remove=True, network_mode="none").decode()
 
 
-def test_two_builds_from_the_same_inputs_hold_the_same_files_and_freeze(checkouts, stand_ins, docker_client):
+def test_two_no_cache_builds_sharing_one_base_and_index_hold_the_same_files_and_freeze(checkouts, stand_ins,
+                                                                                       docker_client):
+    """One --no-cache build per copy, on one engine, from the same stand-in base and loopback index."""
     a, b = checkouts
     images = []
     try:

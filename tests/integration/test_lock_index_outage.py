@@ -1,6 +1,7 @@
 """pip resolves on, exit status 0, when an index stops answering: the lock step must see it in pip's output.
 
-The output comes from a real pip-compile run on this host against a port where nothing listens.
+The output comes from a real pip-compile run on this host: PyPI plus an extra index on a port where nothing listens.
+It needs PyPI, so it is an integration test (tests/unit touch no network).
 """
 
 from __future__ import annotations
