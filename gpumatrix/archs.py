@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-ARCH_RE = re.compile(r"^(sm|compute)_(\d+)(\d)([a-z]?)$")
-CAPABILITY_RE = re.compile(r"^(\d+)\.(\d)$")
+ARCH_RE = re.compile(r"^(sm|compute)_(\d+)(\d)([a-z]?)$", re.ASCII)
+CAPABILITY_RE = re.compile(r"^(\d+)\.(\d)$", re.ASCII)
 
 
 def parse_arch(arch: str) -> tuple[str, int, int, str]:

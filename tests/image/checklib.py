@@ -7,43 +7,12 @@ import hashlib
 import re
 import shlex
 
-ARCH_RE = re.compile(r"^(sm|compute)_(\d+)(\d)([a-z]?)$")
+from gpumatrix.archs import covering, parse_arch  # noqa: F401 - the one coverage rule, shared with doctor
 
 
 def canonical(name: str) -> str:
     """PEP 503 normalised project name."""
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def parse_arch(arch: str) -> tuple[str, int, int, str]:
-    """sm_86 -> ("sm", 8, 6, ""); compute_120 -> ("compute", 12, 0, ""); sm_90a -> ("sm", 9, 0, "a")."""
-    m = ARCH_RE.match(arch.strip())
-    if not m:
-        raise ValueError(f"not a CUDA arch: {arch!r}")
-    return m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-
-
-def covering(target: str, compiled: list[str]) -> str | None:
-    """The compiled arch that runs code on a `target` GPU, or None.
-
-    SASS (sm_XY) runs on GPUs of the same major with minor >= Y (sm_86 code runs on sm_89, Ada);
-    PTX (compute_XY) is JIT-compiled for any GPU >= XY. Arch-specific variants (sm_90a) run only on
-    exactly that GPU, so they never cover another one.
-    """
-    _, major, minor, _ = parse_arch(target)
-    sass, ptx = [], []
-    for arch in compiled:
-        try:
-            kind, cmaj, cmin, suffix = parse_arch(arch)
-        except ValueError:
-            continue
-        if kind == "sm" and cmaj == major and (cmin == minor if suffix else cmin <= minor):
-            sass.append((cmin, arch))
-        elif kind == "compute" and (cmaj, cmin) <= (major, minor):
-            ptx.append(((cmaj, cmin), arch))
-    if sass:
-        return max(sass)[1]
-    return max(ptx)[1] if ptx else None
 
 
 def compiled_archs(arch_list: list[str] | None, arch_flags: str | None) -> list[str]:

@@ -17,7 +17,7 @@ def test_choose_one_for_cuda_12_8_is_default_python_and_newest_torch(shipped):
     cell, why = choose_one(shipped, Filters(cuda="12.8"))
     assert (cell.cuda, cell.python, cell.torch) == ("12.8", "3.11", "2.11.0")
     assert cell.torch_pin == "2.11.0+cu128"
-    assert why  # the reason is reported to the user
+    assert why == "Python 3.11 is the matrix default; torch 2.11.0 is the newest torch for these filters"
 
 
 def test_choose_one_for_cuda_12_4(shipped):
