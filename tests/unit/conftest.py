@@ -12,21 +12,13 @@ import pytest
 
 from gpumatrix.cells import Expansion, expand
 from gpumatrix.matrix import load_matrix
+from support.projects import ONE_CELL_MATRIX
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_PY = REPO / "build.py"
 
 # A small valid matrix; tests append sections to it or build their own with matrix_text().
-MINIMAL = """\
-image: gpu-images
-registry: ghcr.io/acme
-axes:
-  cuda: ["12.8"]
-  python: ["3.11"]
-  torch: ["2.7.1"]
-defaults:
-  python: "3.11"
-"""
+MINIMAL = ONE_CELL_MATRIX
 
 
 def matrix_text(

@@ -21,17 +21,9 @@ from hypothesis import strategies as st
 from gpumatrix import cli as cli_module
 from gpumatrix import report, secrets
 from gpumatrix.errors import WorkFailed
+from support.projects import ONE_CELL_MATRIX
 
-MATRIX = """\
-image: gpu-images
-registry: ghcr.io/acme
-axes:
-  cuda: ["12.8"]
-  python: ["3.11"]
-  torch: ["2.7.1"]
-defaults:
-  python: "3.11"
-"""
+MATRIX = ONE_CELL_MATRIX
 CELL = "cu12.8-py3.11-torch2.7.1"  # the one cell of MATRIX
 IMAGE_ID = "sha256:" + "c0" * 32
 DIGEST = "sha256:" + "d1" * 32

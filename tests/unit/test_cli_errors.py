@@ -6,17 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.projects import ONE_CELL_MATRIX
 
-HEAD = """\
-image: gpu-images
-registry: ghcr.io/acme
-axes:
-  cuda: ["12.8"]
-  python: ["3.11"]
-  torch: ["2.7.1"]
-defaults:
-  python: "3.11"
-"""  # 8 lines; whatever is appended starts on line 9
+HEAD = ONE_CELL_MATRIX  # 8 lines; whatever is appended starts on line 9
 
 
 def axes(cuda='["12.8"]', python='["3.11"]', torch='["2.7.1"]') -> str:

@@ -4,12 +4,12 @@ one), no traceback, and no file changed."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support.projects import copy_project
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_IN = REPO / "requirements" / "cpu.in"
@@ -19,11 +19,7 @@ BASES = REPO / "locks" / "bases.yaml"
 
 @pytest.fixture
 def proj(tmp_path: Path, monkeypatch) -> Path:
-    root = tmp_path / "proj"
-    root.mkdir()
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copy2(REPO / "matrix.yaml", root / "matrix.yaml")
+    root = copy_project(tmp_path / "proj", ("templates", "requirements", "locks"))
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # nothing answers: every refusal comes before the engine
     monkeypatch.delenv("GPUMATRIX_INDEX_URL", raising=False)
     return root

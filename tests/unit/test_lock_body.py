@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpumatrix.errors import WorkFailed
+from support.projects import copy_project
 
 REPO = Path(__file__).resolve().parents[2]
 CELL = "cpu-py3.11-torch2.13.0"
@@ -40,11 +40,7 @@ def numpy_hash_lines() -> list[int]:
 
 @pytest.fixture
 def proj(tmp_path: Path, monkeypatch) -> Path:
-    root = tmp_path / "proj"
-    root.mkdir()
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copy2(REPO / "matrix.yaml", root / "matrix.yaml")
+    root = copy_project(tmp_path / "proj", ("templates", "requirements", "locks"))
     (root / LOCK).write_bytes(COMMITTED)
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # nothing answers: a refusal must come before the engine
     monkeypatch.delenv("GPUMATRIX_INDEX_URL", raising=False)

@@ -18,17 +18,9 @@ from hypothesis import strategies as st
 
 from gpumatrix.errors import UsageError
 from gpumatrix.render import environment, render_cell
+from support.projects import ONE_CELL_MATRIX
 
-HEAD = """\
-image: gpu-images
-registry: ghcr.io/acme
-axes:
-  cuda: ["12.8"]
-  python: ["3.11"]
-  torch: ["2.7.1"]
-defaults:
-  python: "3.11"
-"""  # 8 lines; whatever is appended starts on line 9
+HEAD = ONE_CELL_MATRIX  # 8 lines; whatever is appended starts on line 9
 
 
 def refused(cli, project: Path, snapshot, text: str, *args: str) -> list[str]:
