@@ -20,7 +20,7 @@ from .render import content_digest, content_tag, environment, render_all, render
 from .lock import lock_cells
 from .lockfile import check_all
 from .images import Overrides, prepare, run_builds, write_report
-from .secrets import has_credentials, redact
+from .secrets import has_credentials
 from .select import Filters, choose_one, select
 
 
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             secrets.check_index_url(args.index_url, "--index-url" if given else "GPUMATRIX_INDEX_URL")
         return args.run(args)
     except (UsageError, WorkFailed) as exc:
-        report.problem(redact(str(exc)))
+        report.problem(str(exc))  # report masks every line it prints
         return exc.exit_code
     except KeyboardInterrupt as exc:
         report.problem("terminated" if isinstance(exc, Terminated) else "interrupted")

@@ -12,6 +12,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from .archs import arch_of_capability
+
 
 class Incompatible(ValueError):
     """A combination that cannot work; the message says why and names valid neighbours."""
@@ -198,8 +200,7 @@ class GpuModel(BaseModel):
 
     @property
     def arch(self) -> str:
-        major, minor = self.capability.split(".")
-        return f"sm_{major}{minor}"
+        return arch_of_capability(self.capability)
 
     @property
     def datacenter(self) -> bool:
