@@ -93,7 +93,7 @@ integration: venv
 	$(BIN)/python -m pytest tests/integration
 
 demo: venv
-	$(BIN)/python -m gpumatrix.demo
+	$(BIN)/python -m devtools.demo
 
 clean:
 	rm -rf out .pytest_cache

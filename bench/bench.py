@@ -33,9 +33,10 @@ from packaging.version import Version  # noqa: E402
 from gpumatrix import engine  # noqa: E402
 from gpumatrix.cells import DEFAULT_SETTINGS  # noqa: E402
 from gpumatrix.errors import UsageError  # noqa: E402
-from gpumatrix.standins import LoopbackIndex, StandinError, cpu_index_requirements, ensure_standin_base  # noqa: E402
+from devtools.standins import LoopbackIndex, StandinError, ensure_standin_base, index_requirements  # noqa: E402
 
 CACHE = ROOT / ".cache"
+CPU_LOCK = ROOT / "locks" / "cpu-py3.11-torch2.13.0.txt"  # the committed lock of the shipped CPU cell
 REGISTRY = "gpumatrix-bench.local"  # the project copy's registry: every image the bench tags is its own
 ROWS: list[tuple[str, str, str, str]] = []
 NOTES: list[str] = []
@@ -57,7 +58,7 @@ class Mode:
 
 
 CPU = Mode(cell="cpu-py3.11-torch2.13.0", filters={"cuda": "cpu"}, layer="cpu", index_dir="index-cpu",
-           wheels=cpu_index_requirements(), torch_pins=["torch==2.13.0+cpu"])
+           wheels=index_requirements(CPU_LOCK), torch_pins=["torch==2.13.0+cpu"])
 # The shipped cell names torchvision as a companion, so the index holds it too (the test fixture's index-cu130 holds
 # torch only, for a matrix without companions). fsspec is pinned the way the real PyTorch index serves its own copy:
 # with PyPI's newest (2026.9.0) in the torch stage, pip-compile of app.in backtracked for 10+ minutes without an end

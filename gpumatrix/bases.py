@@ -15,12 +15,13 @@ import yaml
 from packaging.version import InvalidVersion, Version
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from . import grammar
 from .cells import Cell, Expansion
 from .errors import UsageError
 from .project import read_input, write_atomic
 
 ENV_REGISTRY = "GPUMATRIX_BASES_REGISTRY"
-DOCKER_HUB = "docker.io"
+DOCKER_HUB = grammar.DOCKER_HUB
 DOCKER_HUB_API = "https://registry-1.docker.io"
 TIMEOUT_S = 20
 
@@ -73,7 +74,7 @@ def parse_reference(text: str) -> Reference:
     if name.rfind(":") > name.rfind("/"):
         name, _, tag = name.rpartition(":")
     first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
+    if slash and grammar.is_registry_host(first):
         domain, path = first, rest
     else:
         domain, path = DOCKER_HUB, name

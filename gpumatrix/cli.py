@@ -12,14 +12,16 @@ import threading
 from pathlib import Path
 
 from . import bases, grammar, report, secrets
-from .cells import Expansion, expand
+from .cells import Expansion
 from .errors import UsageError, WorkFailed
-from .matrix import REGISTRY_PATTERN, load_matrix
+from .matrix import REGISTRY_PATTERN
+from .pipeline import load
 from .project import Project, read_input, write_atomic
-from .render import content_digest, content_tag, environment, render_all, render_cell
+from .render import environment, render_all
 from .lock import lock_cells
 from .lockfile import check_all
-from .images import Overrides, prepare, run_builds, write_report
+from .build import prepare, run_builds, write_report
+from .request import BuildOverrides, request_for
 from .secrets import has_credentials
 from .select import Filters, choose_one, select
 
@@ -186,14 +188,6 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="network mode of the build containers, e.g. host to reach a loopback index")
 
 
-def load(matrix_path: Path, pinned: bool = True) -> tuple[Project, Expansion]:
-    """The project and its cells; with `pinned`, bases recorded in locks/bases.yaml are named by digest."""
-    project = Project(matrix_path)
-    matrix = load_matrix(matrix_path)
-    expansion = expand(matrix, matrix_path, project.requirements)
-    return project, bases.pin_cells(expansion, bases.read_pins(project.bases)) if pinned else expansion
-
-
 def cmd_render(args) -> int:
     project, expansion = load(args.matrix)
     result = render_all(project, expansion.cells, expansion.matrix.image, check=args.check)
@@ -258,10 +252,9 @@ def cmd_list(args) -> int:
     cells = select(expansion, filters)
     env = environment(project.templates)
     records = []
-    for cell in cells:
-        lock = project.lock(cell.name)
-        digest = content_digest(render_cell(env, cell, expansion.matrix.image), _read_bytes(lock), {})
-        records.append(report.cell_record(cell, [*cell.tags, content_tag(cell, digest)]))
+    for cell in cells:  # the tags a build would give, whatever state the lock is in (list never refuses)
+        req = request_for(env, cell, expansion.matrix.image, _read_bytes(project.lock(cell.name)), BuildOverrides())
+        records.append(report.cell_record(cell, req.tags))
     if args.format == "json":
         report.print_json(records)
     else:
@@ -279,8 +272,8 @@ def chosen_cells(args, expansion: Expansion, verb: str) -> list:
     return [cell]
 
 
-def overrides_of(args) -> Overrides:
-    return Overrides(args.base_image, args.runtime_image, args.index_url, args.network)
+def overrides_of(args) -> BuildOverrides:
+    return BuildOverrides(args.base_image, args.runtime_image, args.index_url, args.network)
 
 
 def cmd_build(args) -> int:
@@ -311,7 +304,7 @@ def _refuse_directory(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: is a directory; give the path of a file")
 
 
-def _note_unpinned(cells: list, overrides: Overrides) -> None:
+def _note_unpinned(cells: list, overrides: BuildOverrides) -> None:
     """A build on a base named by tag alone works, but what it pulls can change under the same tag: say so."""
     used = {ref for c in cells for ref, overridden in ((c.base_image, overrides.base_image),
                                                          (c.runtime_image, overrides.runtime_image)) if not overridden}
@@ -400,31 +393,13 @@ def cmd_sbom(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from . import engine, push, sbom
+    from . import push
 
     project, expansion = load(args.matrix)
     cells = select(expansion, Filters(args.cuda, args.python, args.torch, args.flavour))
-    registry = args.registry or expansion.matrix.registry
-    creds = push.Credentials.from_env()
-    scrub = push.Scrubber()
-    if creds:
-        scrub.add(creds.password, creds.username)
-    settings = push.RetrySettings(attempts=args.attempts)
     catalog_dir = args.catalog or project.out / "catalog"
-    push.load_catalog(catalog_dir)  # a catalog that is no catalog is refused before anything is pushed
-    client = engine.connect()
-    requests = push.plan(project, client, cells, registry, expansion.matrix.image)
-    requests = sbom.for_push(project, client, requests, report.info)
-    if creds:
-        try:
-            push.login(client, registry, creds, scrub, settings)
-        except push.PushError as exc:
-            push.update_catalog(catalog_dir, requests, [push.PushOutcome(r.cell.name, "failed", r.repository, list(r.tags))
-                                                        for r in requests])
-            raise WorkFailed(scrub(str(exc))) from None
-        report.info(f"logged in to {push.registry_host(registry)} as {creds.username} (REGISTRY_USER)")
-    outcomes = push.push_all(client, requests, settings, lambda cell, line: report.info(scrub(f"{cell}: {line}")), scrub)
-    push.update_catalog(catalog_dir, requests, outcomes)
+    outcomes = push.run(project, cells, args.registry or expansion.matrix.registry,
+                        expansion.matrix.image, catalog_dir, push.RetrySettings(attempts=args.attempts), report.info)
     for o in outcomes:
         if o.status == "pushed":
             report.info(f"{o.cell}: pushed {len(o.tags)} tag(s) in {o.duration:.1f}s: {o.reference}")
@@ -438,7 +413,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from . import push
+    from . import catalog
 
     project = Project(args.matrix)
     catalog_dir = args.catalog or project.out / "catalog"
@@ -446,7 +421,7 @@ def cmd_catalog(args) -> int:
                for p in args.parts if not (p / "images.json" if p.is_dir() else p).exists()]
     if missing:
         raise UsageError("\n".join(missing))
-    entries = push.merge_catalogs(catalog_dir, args.parts)
+    entries = catalog.merge_catalogs(catalog_dir, args.parts)
     report.info(f"catalog: {len(entries)} images in {catalog_dir / 'images.json'}, {catalog_dir / 'images.md'}")
     return 0
 

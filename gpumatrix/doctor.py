@@ -199,13 +199,13 @@ def candidate_of_cell(cell: Cell) -> Candidate:
                      cell.driver_floor, tuple(cell.wheel_archs), cell.tags[0], cell.flavour)
 
 
-# What doctor needs of a catalog entry beyond the keys every entry has (push.REQUIRED_KEYS), and their form.
+# What doctor needs of a catalog entry beyond the keys every entry has (catalog.REQUIRED_KEYS), and their form.
 DOCTOR_KEYS = {"python": r"\d+\.\d+", "torch": r"\d+\.\d+\.\d+(?:\.dev\d+)?\+[a-z0-9]+", "archs": None,
                "driver_floor": DRIVER_PATTERN}
 
 
 def candidate_of_entry(entry: dict, where: str) -> Candidate:
-    """A catalog entry as push.read_catalog validated it; the keys doctor needs beyond those must be there too."""
+    """A catalog entry as catalog.read_catalog validated it; the keys doctor needs beyond those must be there too."""
     problems = [_entry_key_problem(entry, key, pattern) for key, pattern in DOCTOR_KEYS.items()
                 if not (key == "driver_floor" and entry["cuda"] == "cpu")]
     problems = [p for p in problems if p]
@@ -242,7 +242,7 @@ def _cuda_patch(cuda: str, floor: str | None) -> str | None:
 
 def catalog_candidates(path: Path, filters) -> list[Candidate]:
     """The entries of a catalog (a directory holding images.json, or the file) that match the filters."""
-    from .push import read_catalog
+    from .catalog import read_catalog
 
     file = path / "images.json" if path.is_dir() else path
     entries = read_catalog(file)

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
 import tarfile
 import time
+import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import docker
 import requests
 import urllib3
 from docker.errors import APIError, DockerException, ImageNotFound
+from docker.types import DeviceRequest
 
+from . import grammar, layout
 from .cells import Cell
 from .errors import UsageError
+from .request import BuildRequest
 from .secrets import has_space_or_control, redact, remember_url, shown, url_userinfo
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -112,31 +116,9 @@ class BuildOutcome:
     def layer_steps(self) -> int:
         return sum(1 for s in self.steps if s.makes_layer)
 
-    def steps_of(self, stage: str) -> list[Step]:
-        return [s for s in self.steps if s.stage == stage]
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    cell: Cell
-    dockerfile: str
-    lock: bytes | None
-    build_args: dict[str, str]
-    content_tag: str
-    network: str | None = None
-    target: str | None = None
-    nocache: bool = False
-
-    @property
-    def tags(self) -> list[str]:
-        return [*self.cell.tags, self.content_tag] if self.target is None else [self.content_tag]
 
 
 Listener = Callable[[str, Step | None, str | None], None]  # (cell name, current step, output line)
-
-
-def build_args_for(cell: Cell, lock: bytes | None, overrides: dict[str, str]) -> dict[str, str]:
-    return {**overrides, "LOCK_SHA256": hashlib.sha256(lock).hexdigest() if lock is not None else "none"}
 
 
 def context_tar(dockerfile: str, lock: bytes | None) -> io.BytesIO:
@@ -145,7 +127,7 @@ def context_tar(dockerfile: str, lock: bytes | None) -> io.BytesIO:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         _add(tar, "Dockerfile", dockerfile.encode())
         if lock is not None:
-            _add(tar, "app.lock", lock)
+            _add(tar, layout.LOCK_IN_CONTEXT, lock)
     buf.seek(0)
     return buf
 
@@ -163,12 +145,42 @@ def present(client: docker.DockerClient, ref: str) -> docker.models.images.Image
         return None
 
 
-def registry_of(image: str) -> str:
-    """The registry a reference pulls from: its first path component when that names a host, else Docker Hub."""
-    first, slash, _ = image.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
+@contextmanager
+def container(client: docker.DockerClient, image: str, cell: Cell, role: str, gpu: bool = False):
+    """A running container of `image` (`sleep infinity`, no network, GPUs when asked), labelled with its role;
+    always removed on the way out, also on Ctrl-C or SIGTERM."""
+    created = None
+    try:
+        created = _create(client, image, cell, role, gpu)
+        try:
+            created.start()
+        except APIError as exc:  # e.g. --gpu on an engine without the NVIDIA runtime
+            raise _cannot_start(exc, image, cell, gpu) from None
+        yield created
+    finally:
+        if created is not None:
+            try:
+                created.remove(force=True)
+            except (APIError, DockerException):
+                pass
+
+
+def _create(client, image: str, cell: Cell, role: str, gpu: bool):
+    try:
+        return client.containers.create(
+            image, ["sleep", "infinity"], entrypoint=[], network_mode="none",
+            name=f"gpumatrix-{role}-{cell.name}-{uuid.uuid4().hex[:8]}".replace("+", "_"),
+            labels=layout.container_labels(role, cell.name),
+            device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None,
+        )
+    except APIError as exc:
+        raise _cannot_start(exc, image, cell, gpu) from None
+
+
+def _cannot_start(exc: APIError, image: str, cell: Cell, gpu: bool) -> UsageError:
+    reason = (exc.explanation or str(exc)).splitlines()[0][:200]
+    hint = "; --no-gpu runs the checks without GPUs" if gpu else ""
+    return UsageError(f"{cell.name}: cannot start a container of {image[:19]}: {reason}{hint}")
 
 
 def ensure_base(client: docker.DockerClient, image: str, cell: Cell) -> None:
@@ -178,7 +190,7 @@ def ensure_base(client: docker.DockerClient, image: str, cell: Cell) -> None:
     try:
         client.images.pull(image)
     except (APIError, DockerException) as exc:
-        registry = registry_of(image)
+        registry = grammar.registry_of_image(image)
         reason = (getattr(exc, "explanation", None) or str(exc)).splitlines()[0][:160]
         raise UsageError(
             f"{cell.name}: base image {image} cannot be pulled from {registry} ({reason}); "

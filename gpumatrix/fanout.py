@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 from .cells import Cell
-from .engine import build_args_for
-from .images import Overrides
+from . import layout
 from .errors import UsageError
 from .lockfile import check_all, verified_lock
 from .project import Project, write_atomic
-from .select import PLAIN
-from .render import content_digest, content_tag, environment, labels, render_cell
+from .render import environment
+from .request import BuildOverrides, request_for, resolved_labels
+from .select import PLAIN, cell_filters
 
 BAKE_TARGET_STAGE = "runtime"
 
@@ -24,15 +24,15 @@ def github_matrix(cells: list[Cell]) -> dict:
 
 
 def github_entry(cell: Cell) -> dict:
-    flavour = cell.flavour or PLAIN
+    cli, make = cell_filters(cell)
     return {
         "cell": cell.name,
         "cuda": cell.cuda,
         "python": cell.python,
         "torch": cell.torch,
-        "flavour": flavour,
-        "filters": f"--cuda {cell.cuda} --python {cell.python} --torch {cell.torch} --flavour {flavour}",
-        "make": f"CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch} FLAVOUR={flavour}",
+        "flavour": cell.flavour or PLAIN,
+        "filters": cli,
+        "make": make,
     }
 
 
@@ -41,7 +41,7 @@ def bake_target_name(cell_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", cell_name)
 
 
-def bake_file(project: Project, image: str, cells: list[Cell], overrides: Overrides, registry: str | None,
+def bake_file(project: Project, image: str, cells: list[Cell], overrides: BuildOverrides, registry: str | None,
               context_root: Path) -> tuple[dict, dict[Path, bytes]]:
     """The bake definition and the build contexts it names (context_root/<cell>/{Dockerfile,app.lock}).
 
@@ -56,36 +56,26 @@ def bake_file(project: Project, image: str, cells: list[Cell], overrides: Overri
     targets: dict[str, dict] = {}
     files: dict[Path, bytes] = {}
     for cell in cells:
-        dockerfile = render_cell(env, cell, image)
-        lock = verified_lock(project, cell)
-        extra = overrides.build_args(cell)
-        args = build_args_for(cell, lock, extra)
-        tag = content_tag(cell, content_digest(dockerfile, lock, extra))
-        tags = [*cell.tags, tag]
+        req = request_for(env, cell, image, verified_lock(project, cell), overrides)
+        tags = req.tags
         if registry:
             repo = f"{registry.rstrip('/')}/{image}"
             tags = [f"{repo}:{t.rsplit(':', 1)[1]}" for t in tags]
         context = context_root / cell.name
-        files[context / "Dockerfile"] = dockerfile.encode()
-        if lock is not None:
-            files[context / "app.lock"] = lock
-        values = {
-            "LOCK_SHA256": args["LOCK_SHA256"],
-            "BASE_IMAGE": args.get("BASE_IMAGE", cell.base_image),
-            "RUNTIME_IMAGE": args.get("RUNTIME_IMAGE", cell.runtime_image),
-        }
+        files[context / "Dockerfile"] = req.dockerfile.encode()
+        if req.lock is not None:
+            files[context / layout.LOCK_IN_CONTEXT] = req.lock
         target = {
             "context": _relative(project, context),
             "dockerfile": "Dockerfile",
             "target": BAKE_TARGET_STAGE,
-            "args": args,
+            "args": req.build_args,
             "tags": tags,
-            "labels": {k: _substitute(v, values) for k, v in labels(cell, image)},
+            "labels": resolved_labels(cell, image, req.build_args),
             "platforms": ["linux/amd64"],
         }
-        network = overrides.network or cell.network
-        if network and network != "default":
-            target["network"] = network
+        if req.network and req.network != "default":
+            target["network"] = req.network
         targets[bake_target_name(cell.name)] = target
     names = list(targets)
     return {"group": {"default": {"targets": ["all"]}, "all": {"targets": names}}, "target": targets}, files
@@ -102,10 +92,6 @@ def write_contexts(files: dict[Path, bytes], context_root: Path) -> None:
                 old.rmdir()
     for path, data in files.items():
         write_atomic(path, data)
-
-
-def _substitute(value: str, values: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), value)
 
 
 def _relative(project: Project, path: Path) -> str:

@@ -28,3 +28,24 @@ NETWORK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 def matches(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern, value) is not None
+
+
+DOCKER_HUB = "docker.io"
+
+
+def is_registry_host(component: str) -> bool:
+    """Whether the first component of a reference names a registry host (Docker's rule): it has a dot or a port, or
+    is localhost. Otherwise it is part of a Docker Hub path."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def registry_of_image(reference: str) -> str:
+    """The registry an image reference pulls from: its first component when a path follows it and it names a host."""
+    first, slash, _ = reference.partition("/")
+    return first if slash and is_registry_host(first) else DOCKER_HUB
+
+
+def registry_host(registry: str) -> str:
+    """The host of a push target such as `ghcr.io/acme` or `127.0.0.1:5000` (which names no repository yet)."""
+    first = registry.split("/", 1)[0]
+    return first if is_registry_host(first) else DOCKER_HUB

@@ -14,7 +14,6 @@ Results, per cell, under out/tests/ (the push step reads the JSON):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,38 +21,24 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
-from docker.types import DeviceRequest
 
-from . import engine
+from . import engine, layout
 from .cells import Cell
 from .errors import UsageError
-from .lockfile import pinned
-from .project import Project, write_atomic
-from .render import labels
+from .lockfile import pinned, torch_stage_pins
+from .project import MAX_INPUT_BYTES, Project, write_atomic
+from .request import BuildOverrides, build_args_for, resolved_labels
 
 SUITE = Path(__file__).resolve().parents[1] / "tests" / "image"
-CONTAINER_LABEL = "io.gpumatrix.imagetest"
 GPU_TEST_FILE = "test_gpu"
-TORCH_STAGE_LINE = "# torch-stage: "
 HOST_PARAM = re.compile(r"\[(local|(docker|local)://[^\]]*)\]$")  # testinfra's per-host parametrisation of test ids
-# The runtime stage's ENV in templates/Dockerfile.j2 (PATH is checked for /opt/venv/bin first on its own).
-RUNTIME_ENV = {
-    "VIRTUAL_ENV": "/opt/venv",
-    "PIP_CONSTRAINT": "/opt/gpumatrix/constraints.txt",
-    "PIP_NO_CACHE_DIR": "1",
-    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    "PYTHONUNBUFFERED": "1",
-}
-CUDA_ENV = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
 
 Log = Callable[[str], None]
 
@@ -101,22 +86,13 @@ def lock_parts(lock_text: str | None) -> tuple[dict[str, str] | None, dict[str, 
     """(torch-stage {name: version} from the lock header, pinned requirements {name: version}); Nones without lock."""
     if lock_text is None:
         return None, None
-    stage = {}
-    for line in lock_text.splitlines():
-        if line.startswith(TORCH_STAGE_LINE):
-            name, _, version = line[len(TORCH_STAGE_LINE):].strip().partition("==")
-            stage[name] = version
-    return stage, pinned(lock_text)
+    return torch_stage_pins(lock_text), pinned(lock_text)
 
 
 def expected_labels(cell: Cell, image_name: str, lock: bytes | None, options: Options) -> dict[str, str]:
-    """render.labels with the build arguments resolved the way images.prepare/engine.build_args_for set them."""
-    values = {
-        "${LOCK_SHA256}": hashlib.sha256(lock).hexdigest() if lock is not None else "none",
-        "${BASE_IMAGE}": options.base_image or cell.base_image,
-        "${RUNTIME_IMAGE}": options.runtime_image or cell.runtime_image,
-    }
-    return {key: values.get(value, value) for key, value in labels(cell, image_name)}
+    """The labels the build request of this cell, with the bases the image was built with, resolves to."""
+    overrides = BuildOverrides(base_image=options.base_image, runtime_image=options.runtime_image)
+    return resolved_labels(cell, image_name, build_args_for(cell, lock, overrides))
 
 
 def runtime_base_env(client, cell: Cell, options: Options) -> dict[str, str] | None:
@@ -133,7 +109,7 @@ def runtime_base_env(client, cell: Cell, options: Options) -> dict[str, str] | N
 
 def cell_facts(cell: Cell, image_name: str, options: Options, base_env: dict[str, str] | None) -> dict:
     """The cell's facts, from which tests/image states on its own the labels and env an image must carry. The suite
-    does not read the expectations' "labels" and "env": render.labels and RUNTIME_ENV wrote those, and the same
+    does not read the expectations' "labels" and "env": render.labels and layout.RUNTIME_ENV wrote those, and the same
     code wrote the image's, so a mistake there would pass."""
     return {
         "name": cell.name,
@@ -196,7 +172,7 @@ def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Optio
         "nvidia_require_cuda": value,
         "nvidia_require_cuda_known": known,
         "nvidia_require_cuda_why": why,
-        "env": {**RUNTIME_ENV, **(CUDA_ENV if cell.is_cuda else {})},
+        "env": {**layout.RUNTIME_ENV, **(layout.CUDA_ENV if cell.is_cuda else {})},
         "inspect": inspect,
         "gpu": gpu,
         "cell_facts": cell_facts(cell, image_name, options, base_env),
@@ -226,46 +202,6 @@ def run_suite(hosts: str, expect_path: Path, junit_path: Path, extra: tuple[str,
     """pytest in a child process (its own testinfra and conftest state); output goes to our stdout."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(pytest_command(hosts, expect_path, junit_path, extra), env=env).returncode
-
-
-@contextmanager
-def container_for(client, image: str, cell: Cell, gpu: bool):
-    """A running container of `image` for testinfra's docker backend; always removed on the way out."""
-    container = None
-    try:
-        container = _create(client, image, cell, gpu)
-        try:
-            container.start()
-        except APIError as exc:  # e.g. --gpu on an engine without the NVIDIA runtime
-            raise _cannot_start(exc, image, cell, gpu) from None
-        yield container
-    finally:
-        if container is not None:
-            try:
-                container.remove(force=True)
-            except (APIError, DockerException):
-                pass
-
-
-def _create(client, image: str, cell: Cell, gpu: bool):
-    try:
-        return client.containers.create(
-            image, ["sleep", "infinity"], entrypoint=[], network_mode="none",
-            name=f"gpumatrix-test-{cell.name}-{uuid.uuid4().hex[:8]}".replace("+", "_"),
-            labels={CONTAINER_LABEL: cell.name},
-            device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None,
-        )
-    except APIError as exc:
-        raise _cannot_start(exc, image, cell, gpu) from None
-
-
-def _cannot_start(exc: APIError, image: str, cell: Cell, gpu: bool) -> UsageError:
-    reason = (exc.explanation or str(exc)).splitlines()[0][:200]
-    hint = "; --no-gpu runs the checks without GPUs" if gpu else ""
-    return UsageError(f"{cell.name}: cannot start a test container of {image[:19]}: {reason}{hint}")
-
-
-# --- results ------------------------------------------------------------------
 
 
 def parse_junit(path: Path) -> list[dict]:
@@ -328,6 +264,47 @@ def _fallback_junit(reason: str) -> str:
         "<testsuites />", "<testsuites>" + ET.tostring(suite, encoding="unicode") + "</testsuites>")
 
 
+MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    """What push needs of out/tests/<cell>.json: whether the checks passed, and on which image id."""
+
+    passed: bool
+    image_id: str
+    cell: str | None = None
+    image: str | None = None
+
+
+def read_test_record(path: Path) -> tuple[TestRecord | None, str | None]:
+    """The record `build.py test` wrote, or why it cannot be used (MISSING, or what is wrong with it)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_INPUT_BYTES + 1)
+    except FileNotFoundError:
+        return None, MISSING
+    except IsADirectoryError:
+        return None, "is a directory, not a file"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if len(raw) > MAX_INPUT_BYTES:
+        return None, f"is larger than {MAX_INPUT_BYTES:,} bytes, which no test run writes"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"is not UTF-8 text (byte {exc.start})"
+    except ValueError as exc:
+        return None, f"is not valid JSON ({exc})"
+    if not isinstance(record, dict):
+        return None, f"is a JSON {type(record).__name__}, not the object `build.py test` writes"
+    for key, kind in (("passed", bool), ("image_id", str)):
+        if not isinstance(record.get(key), kind):
+            return None, f"has no {key!r} ({'true or false' if kind is bool else 'an image id'})"
+    return TestRecord(**{k: record[k] for k in TestRecord.__dataclass_fields__ if k in record}), None
+
+
+
 # --- the step -------------------------------------------------------------------
 
 
@@ -379,7 +356,7 @@ def _run_cell(project, image_name, cell, lock, options, out: Path, log: Log, *, 
     else:
         log(f"{cell.name}: checking {expect['image']} ({image.id[7:19]}), GPU checks "
             f"{'required' if gpu else 'off (--gpu forces them)' if gpu is False else 'when visible'}")
-        with container_for(client, image.id, cell, bool(gpu)) as container:
+        with engine.container(client, image.id, cell, "imagetest", gpu=bool(gpu)) as container:
             code = run_suite(f"docker://{container.id}", paths[".expect.json"], partial, options.pytest_args)
     if partial.is_file():
         os.replace(partial, paths[".xml"])

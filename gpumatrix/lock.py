@@ -16,14 +16,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine, images
+from . import build, engine, layout
 from .cells import Cell
 from .errors import UsageError, WorkFailed
 from .lockfile import (
     PIP_TOOLS_VERSION,
     REQ_LINE,
-    body_digest,
     content_problems,
+    format_lock,
     input_texts,
     inputs_digest,
     validate_inputs,
@@ -31,10 +31,9 @@ from .lockfile import (
 )
 from .parallel import run_parallel
 from .project import Project, write_atomic
+from .request import BuildOverrides, BuildRequest
 from .secrets import redact
 
-CONTAINER_LABEL = "io.gpumatrix.role"  # on every container gpumatrix starts, so none can be left behind unseen
-OWNER_LABEL = "io.gpumatrix.pid"
 TOOLS = "/tmp/gpumatrix-tools"
 WORK = "/tmp/gpumatrix-lock"
 
@@ -51,13 +50,13 @@ def compile_lock(client, project: Project, job: LockJob) -> str:
     container = _start(client, tools_image(client, job), job.network)
     try:
         container.put_archive("/", _inputs_tar(project, job.cell))
-        freeze = _exec(container, "cat /opt/gpumatrix/torch-constraints.txt", "read the torch-stage freeze")
+        freeze = _exec(container, f"cat {layout.TORCH_CONSTRAINTS}", "read the torch-stage freeze")
         torch_stage = [line for line in freeze.splitlines() if REQ_LINE.match(line)]
         _compile(container, project, job, torch_stage)
         body = _read_file(container, f"{WORK}/lock.txt")
     finally:
         _remove(container)
-    return _with_header(project, job.cell, body, torch_stage)
+    return format_lock(job.cell, inputs_digest(project, job.cell), body, torch_stage)
 
 
 NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
@@ -91,7 +90,7 @@ def _refuse_partial_answers(job: LockJob, output: str) -> None:
         raise WorkFailed(f"an index stopped answering during pip-compile (retries used up for {', '.join(unreached)}); "
                          "no lock written: a lock resolved without that index's answer cannot be trusted")
     try:
-        images.check_index(job.index_url, job.cell)
+        build.check_index(job.index_url, job.cell)
     except UsageError as exc:
         raise WorkFailed(f"the torch index stopped answering during the lock; no lock written: {exc}") from None
 
@@ -116,7 +115,7 @@ _cancelled = threading.Event()  # set on Ctrl-C or SIGTERM: no new lock containe
 
 def _start(client, image: str, network: str | None):
     container = client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode=network or "default",
-                                      entrypoint=[], labels={CONTAINER_LABEL: "lock", OWNER_LABEL: str(os.getpid())})
+                                      entrypoint=[], labels=layout.container_labels("lock"))
     if _cancelled.is_set():
         _remove(container)
         raise WorkFailed("cancelled")
@@ -132,7 +131,7 @@ def remove_live() -> None:
     _cancelled.set()
     client = engine.connect()
     # sparse: no inspect per container, which fails for one a worker removes in the meantime
-    mine = {"label": f"{OWNER_LABEL}={os.getpid()}"}
+    mine = {"label": f"{layout.OWNER_LABEL}={os.getpid()}"}
     for container in client.containers.list(all=True, sparse=True, filters=mine):
         try:
             _remove(container)
@@ -171,7 +170,7 @@ def _compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> s
     args = [
         f"{TOOLS}/bin/pip-compile", "--quiet", "--no-header", "--generate-hashes", "--no-allow-unsafe",
         "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
-        "--extra-index-url", job.index_url, "--constraint", "/opt/gpumatrix/torch-constraints.txt",
+        "--extra-index-url", job.index_url, "--constraint", layout.TORCH_CONSTRAINTS,
         *(["--pre"] if job.cell.pre else []),
         *[f"--unsafe-package={n}" for n in names],
         "--output-file", "lock.txt", *layers,
@@ -184,35 +183,6 @@ def _read_file(container, path: str) -> str:
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         member = tar.next()
         return tar.extractfile(member).read().decode()
-
-
-def _with_header(project: Project, cell: Cell, body: str, torch_stage: list[str]) -> str:
-    """The header block, an empty line, the body. `# body-sha256:` covers the body: every byte after that empty line
-    (lockfile.split_lock and body_digest read it back)."""
-    body = body.split("# The following packages are considered to be unsafe")[0].rstrip() + "\n"
-    constraints = "\n".join(torch_stage) + "\n"
-    lines = [
-        f"# gpumatrix lock for {cell.name}. Written by `python build.py lock`; do not edit by hand.",
-        f"# layers: {' '.join(cell.layers)}",
-        f"# inputs-sha256: {inputs_digest(project, cell)}",
-        f"# torch-constraints-sha256: {hashlib.sha256(constraints.encode()).hexdigest()}",
-        f"# body-sha256: {body_digest(body)}",
-        f"# pip-tools: {PIP_TOOLS_VERSION}",
-        *_nightly_lines(cell),
-        "# The torch stage installs these; they are never installed from this lock:",
-        *[f"# torch-stage: {line}" for line in torch_stage],
-        "",
-    ]
-    return "\n".join(lines) + "\n" + body
-
-
-def _nightly_lines(cell: Cell) -> list[str]:
-    """A nightly pin is valid for that one dated build only; the header says which."""
-    date = re.search(r"\.dev(\d{4})(\d{2})(\d{2})$", cell.torch)
-    if not date:
-        return []
-    day = "-".join(date.groups())
-    return [f"# nightly: {cell.torch_pin} (the nightly of {day}; valid for that build only, refresh with `make lock`)"]
 
 
 def write_lock(project: Project, cell: Cell, text: str) -> Path:
@@ -233,20 +203,20 @@ class LockResult:
     error: str | None = None
 
 
-def lock_cells(project: Project, image: str, cells: list[Cell], overrides: images.Overrides, jobs: int,
+def lock_cells(project: Project, image: str, cells: list[Cell], overrides: BuildOverrides, jobs: int,
                listener: engine.Listener, log) -> list[LockResult]:
     """Build each cell's torch stage (engine cache), then pip-compile in it; `jobs` cells at a time."""
     cells = [c for c in cells if c.layers]
     for cell in cells:
         validate_inputs(project, cell)
-    requests = images.prepare(project, image, cells, overrides, target="torch")
-    built = images.run_builds(requests, jobs, force=False, listener=listener)
+    requests = build.prepare(project, image, cells, overrides, target="torch")
+    built = build.run_builds(requests, jobs, force=False, listener=listener)
 
-    def one(req: engine.BuildRequest, outcome: engine.BuildOutcome) -> LockResult:
+    def one(req: BuildRequest, outcome: engine.BuildOutcome) -> LockResult:
         if outcome.status == "failed":
             return LockResult(req.cell.name, error=f"torch stage failed: {outcome.error}")
         log(f"{req.cell.name}: pip-compile in the torch stage ({outcome.image_id[7:19]})")
-        job = LockJob(req.cell, outcome.image_id, req.network, images.index_url(req))
+        job = LockJob(req.cell, outcome.image_id, req.network, req.index_url)
         try:
             text = compile_lock(engine.connect(), project, job)
             return LockResult(req.cell.name, path=write_lock(project, req.cell, text))

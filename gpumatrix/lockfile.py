@@ -204,9 +204,52 @@ def pinned(lock_text: str) -> dict[str, str]:
     return {canonicalize_name(m.group(1)): m.group(3) for m in map(REQ_LINE.match, lock_text.splitlines()) if m}
 
 
-def torch_stage_names(lock_text: str) -> set[str]:
+TORCH_STAGE_PREFIX = "# torch-stage: "
+UNSAFE_SECTION = "# The following packages are considered to be unsafe"
+
+
+def format_lock(cell: Cell, inputs_sha256: str, body: str, torch_stage: list[str]) -> str:
+    """The header block, an empty line, the body. `# body-sha256:` covers the body: every byte after that empty line
+    (split_lock and body_digest read it back). pip-compile's unsafe-packages section is cut from the body."""
+    body = body.split(UNSAFE_SECTION)[0].rstrip() + "\n"
+    constraints = "\n".join(torch_stage) + "\n"
+    lines = [
+        f"{HEADER_START}{cell.name}. Written by `python build.py lock`; do not edit by hand.",
+        f"# layers: {' '.join(cell.layers)}",
+        f"# inputs-sha256: {inputs_sha256}",
+        f"# torch-constraints-sha256: {hashlib.sha256(constraints.encode()).hexdigest()}",
+        f"# body-sha256: {body_digest(body)}",
+        f"# pip-tools: {PIP_TOOLS_VERSION}",
+        *_nightly_lines(cell),
+        "# The torch stage installs these; they are never installed from this lock:",
+        *[f"{TORCH_STAGE_PREFIX}{line}" for line in torch_stage],
+        "",
+    ]
+    return "\n".join(lines) + "\n" + body
+
+
+def _nightly_lines(cell: Cell) -> list[str]:
+    """A nightly pin is valid for that one dated build only; the header says which."""
+    date = re.search(r"\.dev(\d{4})(\d{2})(\d{2})$", cell.torch)
+    if not date:
+        return []
+    day = "-".join(date.groups())
+    return [f"# nightly: {cell.torch_pin} (the nightly of {day}; valid for that build only, refresh with `make lock`)"]
+
+
+def torch_stage_pins(lock_text: str) -> dict[str, str]:
+    """name (as the torch stage's freeze wrote it) -> version, from the header's `# torch-stage:` lines."""
     header = split_lock(lock_text)[0]
-    return {canonicalize_name(n) for n in re.findall(r"^# torch-stage: ([^=\s]+)==", header, re.MULTILINE)}
+    pins = {}
+    for line in header.splitlines():
+        if line.startswith(TORCH_STAGE_PREFIX):
+            name, _, version = line[len(TORCH_STAGE_PREFIX):].strip().partition("==")
+            pins[name] = version
+    return pins
+
+
+def torch_stage_names(lock_text: str) -> set[str]:
+    return {canonicalize_name(name) for name in torch_stage_pins(lock_text)}
 
 
 def body_problems(body: str, first_line: int) -> list[tuple[int, str]]:

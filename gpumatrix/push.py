@@ -10,13 +10,11 @@ Credentials come from the docker config or REGISTRY_USER / REGISTRY_PASSWORD and
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -24,9 +22,12 @@ from docker.errors import DockerException, ImageNotFound
 from requests.exceptions import RequestException
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from . import catalog, engine, grammar, sbom
 from .cells import Cell
-from .errors import UsageError
-from .project import MAX_INPUT_BYTES, Project, read_input, write_atomic
+from .errors import UsageError, WorkFailed
+from .imagetest import MISSING, read_test_record
+from .project import Project
+from .select import cell_filters
 from .secrets import Secrets
 
 TRANSIENT_RE = re.compile(
@@ -90,17 +91,9 @@ class Credentials:
         return cls(user, password)
 
 
-def registry_host(registry: str) -> str:
-    """The registry part of `ghcr.io/acme` or `127.0.0.1:5000`; Docker Hub when the first part is no host name."""
-    first = registry.split("/", 1)[0]
-    if "." in first or ":" in first or first == "localhost":
-        return first
-    return "docker.io"
-
-
 def login(client: docker.DockerClient, registry: str, creds: Credentials, scrub: Scrubber, settings: RetrySettings) -> None:
     """SDK login (the engine checks the credentials against the registry); kept in the client, never written."""
-    host = registry_host(registry)
+    host = grammar.registry_host(registry)
 
     def attempt() -> None:
         try:
@@ -131,20 +124,10 @@ class PushRequest:
     repository: str  # where they go: <registry>/<image>
     sbom: dict | None = None  # the catalog's record of this image's SBOM (gpumatrix.sbom.for_push)
 
-    @property
-    def refs(self) -> list[str]:
-        return [f"{self.repository}:{t}" for t in self.tags]
-
-
-def _cell_filters(cell: Cell) -> tuple[str, str]:
-    make = f"CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch}"
-    cli = f"--cuda {cell.cuda} --python {cell.python} --torch {cell.torch}"
-    return make, cli
-
 
 def refusal(project: Project, client: docker.DockerClient, cell: Cell) -> str | None:
     """Why this cell may not be pushed, or None: its image must exist and have passed its checks as that image id."""
-    make, cli = _cell_filters(cell)
+    cli, make = cell_filters(cell)
     run_test = f"run `make test-image {make}` (python build.py test {cli})"
     try:
         image = client.images.get(cell.tags[0])
@@ -152,44 +135,17 @@ def refusal(project: Project, client: docker.DockerClient, cell: Cell) -> str | 
         return f"{cell.name}: no image {cell.tags[0]} on the engine; run `make image {make}`, then {run_test.removeprefix('run ')}"
     path = project.test_record(cell.name)
     record, why = read_test_record(path)
-    if why == "missing":
+    if why == MISSING:
         return f"{cell.name}: not tested (no {project.relative(path)}); {run_test}"
     if why:
         return f"{cell.name}: the test record {project.relative(path)} {why}; {run_test}"
-    if record.get("passed") is not True:
+    if not record.passed:
         return f"{cell.name}: the image checks did not pass ({project.relative(path)}); fix the image, then {run_test.removeprefix('run ')}"
-    if record.get("image_id") != image.id:
-        tested = str(record.get("image_id"))[:19]
+    if record.image_id != image.id:
+        tested = record.image_id[:19]
         return (f"{cell.name}: the tested image ({tested}) is not the current image {image.id[:19]} "
                 f"(rebuilt since the test); {run_test}")
     return None
-
-
-def read_test_record(path: Path) -> tuple[dict, str | None]:
-    """The record `build.py test` wrote, or why it cannot be used ("missing", or what is wrong with it)."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_INPUT_BYTES + 1)
-    except FileNotFoundError:
-        return {}, "missing"
-    except IsADirectoryError:
-        return {}, "is a directory, not a file"
-    except OSError as exc:
-        return {}, f"cannot be read ({exc.strerror or exc})"
-    if len(raw) > MAX_INPUT_BYTES:
-        return {}, f"is larger than {MAX_INPUT_BYTES:,} bytes, which no test run writes"
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return {}, f"is not UTF-8 text (byte {exc.start})"
-    except ValueError as exc:
-        return {}, f"is not valid JSON ({exc})"
-    if not isinstance(record, dict):
-        return {}, f"is a JSON {type(record).__name__}, not the object `build.py test` writes"
-    for key, kind in (("passed", bool), ("image_id", str)):
-        if not isinstance(record.get(key), kind):
-            return {}, f"has no {key!r} ({'true or false' if kind is bool else 'an image id'})"
-    return record, None
 
 
 def cell_tags(cell: Cell, image) -> tuple[str, ...]:
@@ -346,190 +302,29 @@ def push_all(client: docker.DockerClient, requests: list[PushRequest], settings:
     return [push_cell(client, req, settings, listener, scrub) for req in requests]
 
 
-# ---- the catalog ------------------------------------------------------------------------------------------------
+# ---- the step: plan, SBOMs, login, push, catalog ------------------------------------------------------------------
 
 
-def catalog_entry(req: PushRequest, outcome: PushOutcome) -> dict:
-    cell = req.cell
-    return {
-        "cell": cell.name,
-        "repository": outcome.repository,
-        "tags": list(outcome.tags),
-        "reference": outcome.reference,
-        "digest": outcome.digest,
-        "image_id": outcome.image_id,
-        "size": outcome.size,
-        "cuda": cell.cuda,
-        "driver_floor": cell.driver_floor,
-        "require_cuda": cell.require_cuda,
-        "python": cell.python,
-        "torch": cell.torch_pin,
-        "variant": cell.variant,
-        "archs": list(cell.wheel_archs),
-        "target_archs": list(cell.archs),
-        "sbom": req.sbom,
-        "pushed_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-    }
-
-
-# What an entry must hold (catalog_entry writes them all): the merge refuses an entry without them, and the
-# optional keys the Markdown view shows must have the type catalog_entry gives them.
-REQUIRED_KEYS = {"cell": str, "repository": str, "tags": list, "reference": str, "digest": str, "cuda": str}
-OPTIONAL_KEYS = {"size": int, "driver_floor": str, "archs": list, "sbom": dict}
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def load_catalog(directory: Path) -> dict[str, dict]:
-    """The catalog in `directory` (none yet: empty); UsageError, one line per problem, when it is not one."""
-    path = directory / "images.json"
-    if not path.exists() and not path.is_symlink():
-        return {}
-    return read_catalog(path)
-
-
-def read_catalog(path: Path) -> dict[str, dict]:
-    """Entries by cell from an images.json; every problem (not UTF-8, not JSON, not the shape catalog_entry
-    writes, a required key missing, the same cell twice) is one line naming the file and the entry and key."""
-    entries, problems = _catalog_entries(path)
-    if problems:
-        raise UsageError("\n".join(problems))
-    return entries
-
-
-def _catalog_entries(path: Path) -> tuple[dict[str, dict], list[str]]:
-    text = read_input(path, "catalog (images.json)")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        return {}, [f"{path}: not valid JSON ({exc}); remove it or restore it"]
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        return {}, [f"{path}: not a catalog: expected an object {{\"images\": [...]}} as `build.py push` writes"]
-    entries, problems, first = {}, [], {}
-    for i, entry in enumerate(data["images"]):
-        where = f"{path}: images[{i}]"
-        found = _entry_problems(entry)
-        if found:
-            problems += [f"{where}: {p}" for p in found]
-            continue
-        if entry["cell"] in first:
-            problems.append(f"{where}: cell {entry['cell']!r} appears twice (also images[{first[entry['cell']]}])")
-            continue
-        first[entry["cell"]] = i
-        entries[entry["cell"]] = entry
-    return entries, problems
-
-
-def _entry_problems(entry) -> list[str]:
-    if not isinstance(entry, dict):
-        return [f"is a JSON {type(entry).__name__}, not an object"]
-    problems = []
-    for key, kind in REQUIRED_KEYS.items():
-        value = entry.get(key)
-        if key not in entry:
-            problems.append(f"missing required key {key!r}")
-        elif not isinstance(value, kind) or not value:
-            problems.append(f"{key}: expected a non-empty {_kind(kind)}, got {_json(value)}")
-    for key, kind in OPTIONAL_KEYS.items():
-        value = entry.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            problems.append(f"{key}: expected {_kind(kind)} or null, got {_json(value)}")
-    if problems:
-        return problems
-    if not all(isinstance(t, str) and t for t in entry["tags"]):
-        problems.append(f"tags: expected tag names (strings), got {_json(entry['tags'])}")
-    if not all(isinstance(a, str) for a in entry.get("archs") or []):
-        problems.append(f"archs: expected arch names (strings), got {_json(entry['archs'])}")
-    if not DIGEST_RE.fullmatch(entry["digest"]):
-        problems.append(f"digest: expected sha256:<64 hex digits>, got {_json(entry['digest'])}")
-    elif entry["reference"] != f"{entry['repository']}@{entry['digest']}":
-        problems.append(f"reference: expected repository@digest ({entry['repository']}@{entry['digest']}), "
-                        f"got {_json(entry['reference'])}")
-    sbom = entry.get("sbom")
-    if sbom is not None:
-        for key, kind in (("path", str), ("sha256", str), ("components", int)):
-            if not isinstance(sbom.get(key), kind) or isinstance(sbom.get(key), bool):
-                problems.append(f"sbom.{key}: expected {_kind(kind)}, got {_json(sbom.get(key))}")
-    return problems
-
-
-def _kind(kind: type) -> str:
-    return {str: "string", list: "list", int: "whole number", dict: "object"}[kind]
-
-
-def _json(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def update_catalog(directory: Path, requests: list[PushRequest], outcomes: list[PushOutcome]) -> dict[str, dict]:
-    """Add the pushed cells, drop every cell whose push failed (no stale entry survives), write both files."""
-    entries = load_catalog(directory)
-    for req, outcome in zip(requests, outcomes):
-        if outcome.status == "pushed":
-            entries[req.cell.name] = catalog_entry(req, outcome)
-        else:
-            entries.pop(req.cell.name, None)
-    write_catalog(directory, entries)
-    return entries
-
-
-def merge_catalogs(directory: Path, parts: list[Path]) -> dict[str, dict]:
-    """Merge catalogs of CI jobs (one cell each) into one; a later part wins for the same cell. Each part is a
-    catalog directory or an images.json file. Every part and the catalog itself are read and checked first: any
-    problem in any of them (each one line naming the file, entry and key) and nothing is written."""
-    entries, problems = {}, []
-    files = [directory / "images.json"] if (directory / "images.json").exists() else []
-    files += [part / "images.json" if part.is_dir() else part for part in parts]
-    for path in files:
-        found, wrong = _catalog_entries(path)
-        entries.update(found)
-        problems += wrong
-    if problems:
-        raise UsageError("\n".join(problems))  # nothing written: the catalog stays as it was
-    write_catalog(directory, entries)
-    return entries
-
-
-def write_catalog(directory: Path, entries: dict[str, dict]) -> None:
-    ordered = [entries[k] for k in sorted(entries)]
-    write_atomic(directory / "images.json", json.dumps({"images": ordered}, indent=2) + "\n")
-    write_atomic(directory / "images.md", catalog_markdown(ordered))
-
-
-def catalog_markdown(entries: list[dict]) -> str:
-    lines = [
-        "# Pushed images",
-        "",
-        "Pin the reference (repo@sha256:...) in RunPod templates and job specs; tags can move, digests cannot.",
-        "",
-        "| cell | tags | reference | size | CUDA (driver floor) | compiled archs | SBOM |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in entries:
-        cuda = "CPU" if e["cuda"] == "cpu" else f"{e['cuda']} (driver >= {e.get('driver_floor') or '?'})"
-        tags = "<br>".join(f"`{t}`" for t in e["tags"])
-        archs = " ".join(e.get("archs") or []) or "-"
-        lines.append(f"| {e['cell']} | {tags} | `{e['reference']}` | {human_size(e.get('size'))} | {cuda} | {archs} "
-                     f"| {sbom_cell(e.get('sbom'))} |")
-    return "\n".join(lines) + "\n"
-
-
-def sbom_cell(sbom: dict | None) -> str:
-    if not sbom:
-        return "-"
-    return f"`{sbom['path']}` ({sbom['components']} components, sha256 `{sbom['sha256'][:12]}`)"
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return "-"
-
-
-def outcome_record(outcome: PushOutcome) -> dict:
-    return {**asdict(outcome), "reference": outcome.reference}
+def run(project: Project, cells: list[Cell], registry: str, image_name: str, catalog_dir: Path,
+        settings: RetrySettings, log: Callable[[str], None]) -> list[PushOutcome]:
+    """Push every cell or none: the catalog and every cell's image and test record are checked before anything is
+    pushed; each image's SBOM rides in the catalog; the catalog records what was pushed and drops what failed."""
+    creds = Credentials.from_env()
+    scrub = Scrubber()
+    if creds:
+        scrub.add(creds.password, creds.username)
+    catalog.load_catalog(catalog_dir)  # a catalog that is no catalog is refused before the engine is asked
+    client = engine.connect()
+    requests = plan(project, client, cells, registry, image_name)
+    requests = sbom.for_push(project, client, requests, log)
+    if creds:
+        try:
+            login(client, registry, creds, scrub, settings)
+        except PushError as exc:
+            failed = [PushOutcome(r.cell.name, "failed", r.repository, list(r.tags)) for r in requests]
+            catalog.update_catalog(catalog_dir, requests, failed)
+            raise WorkFailed(scrub(str(exc))) from None
+        log(f"logged in to {grammar.registry_host(registry)} as {creds.username} (REGISTRY_USER)")
+    outcomes = push_all(client, requests, settings, lambda cell, line: log(scrub(f"{cell}: {line}")), scrub)
+    catalog.update_catalog(catalog_dir, requests, outcomes)
+    return outcomes

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import jinja2
 
+from . import layout
 from .cells import Cell
 from .errors import UsageError
 from .project import Project, write_atomic
 
 TEMPLATE = "Dockerfile.j2"
-LABEL_PREFIX = "io.gpumatrix"
 RENDERED_MARK = "# Rendered by gpumatrix from templates/Dockerfile.j2"  # how every rendered file begins
 
 
@@ -56,7 +56,7 @@ def labels(cell: Cell, image: str) -> list[tuple[str, str]]:
         + (f", CUDA {cell.cuda_patch}" if cell.is_cuda else ", CPU"),
         "org.opencontainers.image.base.name": "${RUNTIME_IMAGE}",
     }
-    return list(oci.items()) + [(f"{LABEL_PREFIX}.{k}", v) for k, v in ours.items()]
+    return list(oci.items()) + [(layout.label(k), v) for k, v in ours.items()]
 
 
 def expected_versions(cell: Cell) -> dict[str, str | None]:
@@ -79,6 +79,7 @@ def _render(env: jinja2.Environment, cell: Cell, image: str) -> str:
             packages=[("torch", cell.torch_pin), *cell.companions],
             expected=expected_versions(cell),
             labels=labels(cell, image),
+            layout=layout.for_template(),
         )
     except jinja2.TemplateSyntaxError as exc:
         raise UsageError(f"{exc.filename or TEMPLATE}:{exc.lineno}: template syntax error: {exc.message}") from None

@@ -119,18 +119,20 @@ def build_summary(outcomes) -> None:
             o.cell,
             o.status,
             (o.image_id or "-").removeprefix("sha256:")[:12],
-            _size(o.size),
+            human_size(o.size),
             f"{o.duration:.1f}s",
             f"{o.cache_hits}/{o.layer_steps} cached" if o.steps else "-",
         )
     err.print(table)
 
 
-def _size(size: int | None) -> str:
+def human_size(size: int | None) -> str:
+    """1000-based, as registries and `docker images` show sizes: 812 B, 1.2 MB, 7.9 GB; "-" when unknown."""
     if size is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
     return "-"

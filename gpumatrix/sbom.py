@@ -35,6 +35,7 @@ from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvir
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from . import engine, layout
 from .cells import Cell
 from .errors import UsageError, WorkFailed
 from .project import Project, write_atomic
@@ -43,10 +44,8 @@ from .project import Project, write_atomic
 SCHEMA = SchemaVersion.V1_6
 FORMAT = "CycloneDX 1.6 JSON"
 SUFFIX = ".cdx.json"
-VENV_PYTHON = "/opt/venv/bin/python"
 IMAGE_ID_PROPERTY = "gpumatrix:image-id"
 IMAGE_REF_PROPERTY = "gpumatrix:image"
-LABEL_PREFIX = "io.gpumatrix."
 # Status first: `dpkg-query -W` also lists removed packages whose config files remain ("rc").
 DPKG_FORMAT = r"${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\t${source:Package}\t${source:Version}\n"
 # Runs inside the image with the venv's Python: one JSON document on stdout.
@@ -201,7 +200,7 @@ def os_component(os_fields: dict) -> Component | None:
 def image_component(image: ImageInfo) -> Component:
     properties = [Property(name=IMAGE_ID_PROPERTY, value=image.image_id),
                   Property(name=IMAGE_REF_PROPERTY, value=image.ref)]
-    properties += [Property(name=k, value=v) for k, v in sorted(image.labels.items()) if k.startswith(LABEL_PREFIX) and v]
+    properties += [Property(name=k, value=v) for k, v in sorted(image.labels.items()) if k.startswith(layout.LABEL_PREFIX + ".") and v]
     return Component(type=ComponentType.CONTAINER, name=image.repository, version=image.cell,
                      bom_ref=image.image_id, properties=properties)
 
@@ -278,16 +277,15 @@ def parse_probe(raw: bytes) -> Environment:
 
 def read_environment(client, image, cell: Cell) -> Environment:
     """Run the probe in a container of `image` (no network), removed on the way out, also on Ctrl-C or SIGTERM."""
-    from .imagetest import container_for
 
-    with container_for(client, image.id, cell, gpu=False) as container:
+    with engine.container(client, image.id, cell, "sbom") as container:
         try:
-            code, (out, err) = container.exec_run([VENV_PYTHON, "-c", PROBE], demux=True)
+            code, (out, err) = container.exec_run([layout.VENV_PYTHON, "-c", PROBE], demux=True)
         except (APIError, DockerException) as exc:
-            raise WorkFailed(f"{cell.name}: running {VENV_PYTHON} in the image failed: {exc}") from None
+            raise WorkFailed(f"{cell.name}: running {layout.VENV_PYTHON} in the image failed: {exc}") from None
     if code != 0:
         tail = (err or out or b"").decode(errors="replace").strip()[-300:]
-        raise WorkFailed(f"{cell.name}: {VENV_PYTHON} in the image exited with {code}: {tail}")
+        raise WorkFailed(f"{cell.name}: {layout.VENV_PYTHON} in the image exited with {code}: {tail}")
     try:
         return parse_probe(out or b"")
     except WorkFailed as exc:

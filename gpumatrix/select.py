@@ -34,6 +34,14 @@ class Filters:
         return " ".join(given) or "(no filters)"
 
 
+def cell_filters(cell: Cell) -> tuple[str, str]:
+    """(command-line flags, make variables) that select exactly this cell, its flavour (or none) included."""
+    flavour = cell.flavour or PLAIN
+    cli = f"--cuda {cell.cuda} --python {cell.python} --torch {cell.torch} --flavour {flavour}"
+    make = f"CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch} FLAVOUR={flavour}"
+    return cli, make
+
+
 def select(expansion: Expansion, filters: Filters) -> list[Cell]:
     """Every cell that matches the filters; none at all is a UsageError that explains why."""
     found = [cell for cell in expansion.cells if filters.matches(cell)]

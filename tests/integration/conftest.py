@@ -1,20 +1,23 @@
-"""Fixtures for integration tests: a Docker engine and the local stand-ins."""
+"""Fixtures for integration tests: a Docker engine, the local stand-ins, loopback registries and the containers a
+test starts. The helpers behind them are in tests/support."""
 
 from __future__ import annotations
 
 import pathlib
-import shutil
 import signal
 
 import docker
 import pytest
 
-from gpumatrix.standins import REPOSITORY as STANDIN_REPOSITORY
-from gpumatrix.standins import LoopbackIndex, cpu_index_requirements, ensure_standin_base
+from devtools.registry import Registry
+from devtools.standins import REPOSITORY as STANDIN_REPOSITORY
+from devtools.standins import ensure_standin_base
 from support.ci import need, unavailable
+from support.containers import TrackedContainers
+from support.projects import REPO, WITH_LOCKS, copy_project
+from support.standins import cpu_index, standin_flags
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
 
 
 def pytest_configure(config):
@@ -89,7 +92,7 @@ def _ignore_engine_errors(remove, *args, **kwargs) -> None:
 @pytest.fixture(scope="session")
 def cache_dir() -> pathlib.Path:
     """Where stand-in rootfs temp dirs and wheel indexes live (git-ignored)."""
-    return REPO_ROOT / ".cache"
+    return REPO / ".cache"
 
 
 @pytest.fixture(scope="session")
@@ -100,16 +103,50 @@ def standin_base(docker_client, cache_dir) -> str:
 
 @pytest.fixture(scope="session")
 def torch_index(cache_dir):
-    index = LoopbackIndex(cache_dir / "index-cpu")
-    index.fill(cpu_index_requirements())
-    with index:
+    with cpu_index(cache_dir) as index:
         yield index
+
+
+@pytest.fixture(scope="session")
+def stand_ins(standin_base, torch_index) -> list[str]:
+    """The overrides that lock or build a cell against the stand-in base and the session's loopback index."""
+    return standin_flags(standin_base, torch_index.url)
 
 
 @pytest.fixture
 def tmp_project(tmp_path) -> pathlib.Path:
     """A copy of the project (matrix.yaml, templates/, requirements/, locks/) that a test may change freely."""
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO_ROOT / name, tmp_path / name)
-    shutil.copy(REPO_ROOT / "matrix.yaml", tmp_path / "matrix.yaml")
-    return tmp_path
+    return copy_project(tmp_path, WITH_LOCKS)
+
+
+@pytest.fixture
+def containers(docker_client, request):
+    """Starts the test's own containers (TrackedContainers): labelled with the test, removed when it ends."""
+    tracked = TrackedContainers(docker_client, request.node.nodeid)
+    yield tracked
+    tracked.remove_all()
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory, docker_client):
+    """Starts docker-registry on a loopback port (devtools.registry.Registry): `registries(users=None, storage=None)`.
+    Each is stopped when the module ends and the engine's tags under its address are removed."""
+    need("docker-registry", "docker-registry")
+    need("skopeo", "skopeo")  # every module with a registry reads it back with skopeo, an independent client
+    workdir = tmp_path_factory.mktemp("registries")
+    started: list[Registry] = []
+
+    def start(users: dict[str, str] | None = None, storage: pathlib.Path | None = None) -> Registry:
+        if users:
+            need("htpasswd", "apache2-utils")
+        registry = Registry(workdir, storage or workdir / f"storage-{len(started)}", users)
+        started.append(registry)
+        return registry
+
+    yield start
+    for registry in started:
+        registry.stop()
+        for image in docker_client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{registry.addr}/"):
+                    _ignore_engine_errors(docker_client.images.remove, tag)

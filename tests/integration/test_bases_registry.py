@@ -9,24 +9,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
+from devtools.registry import free_port
 from gpumatrix import engine
-from support.ci import need
+from support.cli import cli as run_cli
+from support.projects import copy_project
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 DEVEL_124, NEWER_124 = "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04", "nvidia/cuda:12.4.3-cudnn-devel-ubuntu22.04"
 RUNTIME_124 = "nvidia/cuda:12.4.1-base-ubuntu22.04"
 DEVEL_128, RUNTIME_128 = "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04", "nvidia/cuda:12.8.1-base-ubuntu24.04"
@@ -47,42 +43,10 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """docker-registry on 127.0.0.1:<free port>, manifest DELETE enabled; yields host:port."""
-    need("docker-registry", "docker-registry")
-    need("skopeo", "skopeo")
-    work = tmp_path_factory.mktemp("bases-registry")
-    addr = f"127.0.0.1:{free_port()}"
-    config = work / "config.yml"
-    config.write_text(f"version: 0.1\nlog: {{level: warn}}\n"
-                      f"storage: {{filesystem: {{rootdirectory: {work / 'storage'}}}, delete: {{enabled: true}}}}\n"
-                      f"http: {{addr: {addr}, secret: test-only-secret}}\n")
-    log = work / "registry.log"
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        _wait_until_up(addr, log)
-        yield addr
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _wait_until_up(addr: str, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://{addr}/v2/", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise RuntimeError(f"docker-registry did not start: {log.read_text()[-2000:]}")
+def registry(registries) -> str:
+    """A docker-registry on a loopback port (manifest DELETE enabled) playing Docker Hub; its host:port."""
+    return registries().addr
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +57,7 @@ def images(docker_client, standin_base, registry):
         dockerfile = f"FROM {standin_base}\nLABEL io.gpumatrix.test.bases={name}\n".encode()
         image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"gpumatrix-test-bases:{name}", rm=True)
         made[name] = image.id
-    yield made
-    for image in docker_client.images.list(name=f"{registry}/*"):
-        for tag in image.tags:
-            if tag.startswith(f"{registry}/"):
-                docker_client.images.remove(tag)
+    yield made  # the `registries` fixture removes the tags under the registry's address
     for name in made:
         docker_client.images.remove(f"gpumatrix-test-bases:{name}", force=True)
 
@@ -150,17 +110,11 @@ def hub(docker_client, registry, images):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bases-project")
-    for name in ("templates", "requirements"):
-        shutil.copytree(REPO / name, root / name)
-    (root / "matrix.yaml").write_text(MATRIX)
-    return root
+    return copy_project(tmp_path_factory.mktemp("bases-project"), matrix=MATRIX)
 
 
 def cli(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k != "GPUMATRIX_BASES_REGISTRY"}
-    return subprocess.run([sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
-                          capture_output=True, text=True, timeout=300, env={**environ, **(env or {})}, cwd=project)
+    return run_cli(project, *args, env=env, timeout=300)
 
 
 def pins(project: Path) -> dict[str, str]:

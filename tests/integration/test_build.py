@@ -8,51 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CELL = "cpu-py3.11-torch2.13.0"
-REPOSITORY = "ghcr.io/acme/gpu-images"
+from support.cli import cli
+from support.projects import SHIPPED_REPOSITORY as REPOSITORY
+from support.projects import copy_project
+from support.reports import build_report
+from support.standins import STANDIN_CELL as CELL
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("templates", "requirements"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copy(REPO / "matrix.yaml", root / "matrix.yaml")
+    root = copy_project(tmp_path_factory.mktemp("project"))
     (root / "locks").mkdir()
     return root
-
-
-@pytest.fixture(scope="module")
-def stand_ins(standin_base, torch_index) -> list[str]:
-    return ["--base-image", standin_base, "--runtime-image", standin_base,
-            "--index-url", torch_index.url, "--network", "host"]
-
-
-def cli(project: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )
-
-
-def run_in(client, image: str, command: str) -> str:
-    out = client.containers.run(image, ["bash", "-c", command], remove=True, network_mode="none")
-    return out.decode()
-
-
-def report(project: Path) -> dict:
-    cells = json.loads((project / "out" / "build-report.json").read_text())["cells"]
-    return {c["cell"]: c for c in cells}
 
 
 def lock_text(project: Path) -> str:
@@ -87,7 +59,9 @@ def test_lock_is_byte_identical_when_run_again(project, stand_ins):
     assert lock_text(project) == first
 
 
-def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(project, stand_ins, docker_client, torch_index):
+def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(
+    project, stand_ins, docker_client, torch_index, containers
+):
     result = cli(project, "build", "--cuda", "cpu", "--force", *stand_ins)
     assert result.returncode == 0, result.stderr
     assert f"building {CELL}" in result.stderr
@@ -104,12 +78,12 @@ def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(
     history = [h["CreatedBy"] for img in stage for h in img.history() if "torch==2.13.0+cpu" in h["CreatedBy"]]
     assert any(f"TORCH_INDEX_URL={torch_index.url}" in h for h in history), history
     assert not any("--extra-index-url" in h for h in history)
-    versions = run_in(docker_client, f"{REPOSITORY}:{CELL}",
-                      "python -c 'import torch, numpy, safetensors; print(torch.__version__, torch.version.cuda)'")
+    script = "import torch, numpy, safetensors; print(torch.__version__, torch.version.cuda)"
+    versions = containers.run_in(f"{REPOSITORY}:{CELL}", ["python", "-c", script])
     assert versions.split() == ["2.13.0+cpu", "None"]
     env = dict(e.split("=", 1) for e in image.attrs["Config"]["Env"])
     assert env["PIP_CONSTRAINT"] == "/opt/gpumatrix/constraints.txt"
-    rec = report(project)[CELL]
+    rec = build_report(project)[CELL]
     assert rec["status"] == "built" and rec["image_id"] == image.id and rec["size"] == image.attrs["Size"]
 
 
@@ -124,16 +98,16 @@ def test_bake_content_tag_is_a_tag_the_build_gave_the_image(project, stand_ins, 
     content_tags = [t for t in target["tags"] if re.fullmatch(rf"{re.escape(REPOSITORY)}:{CELL}-[0-9a-f]{{12}}", t)]
     assert len(content_tags) == 1, target["tags"]
     image = docker_client.images.get(f"{REPOSITORY}:{CELL}")
-    assert image.id == report(project)[CELL]["image_id"]  # the image the build above made
+    assert image.id == build_report(project)[CELL]["image_id"]  # the image the build above made
     assert content_tags[0] in image.tags, f"bake's {content_tags[0]} is not a tag of the built image: {image.tags}"
     assert {key: image.labels.get(key) for key in target["labels"]} == target["labels"]
 
 
-def test_image_holds_exactly_the_torch_stage_plus_the_lock(project, docker_client):
+def test_image_holds_exactly_the_torch_stage_plus_the_lock(project, containers):
     text = lock_text(project)
     wanted = {line.split(": ", 1)[1].lower().replace("_", "-") for line in text.splitlines() if line.startswith("# torch-stage: ")}
     wanted |= {m.group(0).lower().replace("_", "-") for m in re.finditer(r"^[A-Za-z0-9._-]+==\S+", text, re.MULTILINE)}
-    frozen = run_in(docker_client, f"{REPOSITORY}:{CELL}", "pip freeze --all --exclude pip")
+    frozen = containers.run_in(f"{REPOSITORY}:{CELL}", "pip freeze --all --exclude pip")
     got = {line.lower().replace("_", "-") for line in frozen.split()}
     assert got == wanted, f"extra {got - wanted}, missing {wanted - got}"
 
@@ -142,7 +116,7 @@ def test_second_build_is_skipped_by_content_tag(project, stand_ins):
     result = cli(project, "build", "--cuda", "cpu", *stand_ins)
     assert result.returncode == 0, result.stderr
     assert "content tag present: skipped" in result.stderr
-    assert report(project)[CELL]["status"] == "skipped"
+    assert build_report(project)[CELL]["status"] == "skipped"
 
 
 def test_lock_change_rebuilds_only_the_app_install(project, stand_ins):
@@ -154,7 +128,7 @@ def test_lock_change_rebuilds_only_the_app_install(project, stand_ins):
     assert cli(project, "lock", "--cuda", "cpu", *stand_ins).returncode == 0
     result = cli(project, "build", "--cuda", "cpu", *stand_ins)
     assert result.returncode == 0, result.stderr
-    steps = report(project)[CELL]["steps"]
+    steps = build_report(project)[CELL]["steps"]
     early = [s for s in steps if s["stage"] in ("base", "torch") and s["instruction"].split()[0] not in ("FROM", "ARG")]
     assert early and all(s["cached"] for s in early), [s["instruction"][:40] for s in early if not s["cached"]]
     # The app layer is installed in the runtime stage: everything before the lock's COPY there, the copy of the torch
@@ -189,13 +163,9 @@ def test_one_failing_cell_does_not_stop_the_others(project, stand_ins, docker_cl
                  '- {cuda: cpu, python: "3.11", torch: "2.13.0"}\n  - {cuda: cpu, python: "3.10", torch: "2.13.0"}')
         + '  - match: {cuda: cpu, python: "3.10"}\n    layers: []\n'
     )
-    result = subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(two_cells), "build", "--all", "--cuda", "cpu",
-         "--force", "-v", *stand_ins],
-        capture_output=True, text=True, timeout=900,
-    )
+    result = cli(project, "build", "--all", "--cuda", "cpu", "--force", "-v", *stand_ins, matrix=two_cells.name)
     assert result.returncode == 1, result.stderr
-    records = report(project)
+    records = build_report(project)
     assert list(records) == ["cpu-py3.10-torch2.13.0", CELL]  # the failing cell went first
     assert {name: rec["status"] for name, rec in records.items()} == {"cpu-py3.10-torch2.13.0": "failed", CELL: "built"}
     assert docker_client.images.get(f"{REPOSITORY}:{CELL}").id == records[CELL]["image_id"]

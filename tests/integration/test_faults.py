@@ -10,25 +10,23 @@ with it deletes the `docker0` interface, which the first engine's containers nee
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from gpumatrix.standins import LoopbackIndex, cpu_index_requirements
-
-REPO = Path(__file__).resolve().parents[2]
-CELL = "cpu-py3.11-torch2.13.0"
-REPOSITORY = "ghcr.io/acme/gpu-images"
+from devtools.standins import LoopbackIndex
+from support.cli import follow, start, wait_for
+from support.containers import product_containers
+from support.projects import SHIPPED_REPOSITORY as REPOSITORY
+from support.reports import build_report
+from support.standins import STANDIN_CELL as CELL
+from support.standins import cpu_index, standin_flags
 
 
 BRIDGE, BRIDGE_CIDR = "gm-faults0", "172.31.254.1/24"
@@ -93,10 +91,10 @@ def unmount_under(path: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def default_bridge_works(client, image: str) -> bool:
+def default_bridge_works(containers, image: str) -> bool:
     """The first engine can still start a container on its default network (docker0)."""
     try:
-        client.containers.run(image, ["true"], entrypoint=[], remove=True)
+        containers.run_in(image, ["true"], network="bridge")
         return True
     except docker.errors.APIError:
         return False
@@ -129,15 +127,10 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-def start(project: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **(env or {})},
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    return proc, lines
+def start_merged(project: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """build.py in the background, its stdout and stderr read together as they come."""
+    proc = start(project, *args, env=env, merge=True)
+    return proc, follow(proc.stdout)
 
 
 def finish(proc: subprocess.Popen, lines: list[str], timeout: float = 300) -> str:
@@ -146,36 +139,17 @@ def finish(proc: subprocess.Popen, lines: list[str], timeout: float = 300) -> st
     return "".join(lines)
 
 
-def wait_for(condition, what: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def cell_report(path: Path) -> dict:
-    return {c["cell"]: c for c in json.loads(path.read_text())["cells"]}
-
-
-def stand_ins(standin_base: str, index_url: str) -> list[str]:
-    return ["--base-image", standin_base, "--runtime-image", standin_base, "--index-url", index_url,
-            "--network", "host"]
-
-
 def torch_downloads(index: LoopbackIndex) -> int:
     return sum(1 for r in index.requests if "torch-2.13.0" in r and r.endswith(".whl"))
 
 
 def test_engine_killed_mid_build_fails_the_cell_in_the_report_and_tags_nothing(
-    tmp_project, standin_base, torch_index, docker_client
+    tmp_project, standin_base, torch_index, stand_ins, docker_client, containers
 ):
     with second_engine(standin_base, docker_client) as (engine, client):
-        report = tmp_project / "out" / "build-report.json"
         downloads = torch_downloads(torch_index)
-        proc, lines = start(tmp_project, "build", "--cuda", "cpu", "--no-cache", *stand_ins(standin_base, torch_index.url),
-                            env={"DOCKER_HOST": engine.host})
+        proc, lines = start_merged(tmp_project, "build", "--cuda", "cpu", "--no-cache", *stand_ins,
+                                   env={"DOCKER_HOST": engine.host})
         wait_for(lambda: torch_downloads(torch_index) > downloads or proc.poll() is not None, "the torch install")
         assert proc.poll() is None, "".join(lines)
         engine.kill()
@@ -183,29 +157,29 @@ def test_engine_killed_mid_build_fails_the_cell_in_the_report_and_tags_nothing(
         assert proc.returncode == 1, out
         assert "Traceback" not in out
         assert "the Docker engine stopped answering during the build" in out
-        record = cell_report(report)[CELL]
+        record = build_report(tmp_project)[CELL]
         assert record["status"] == "failed" and record["image_id"] is None
         assert "stopped answering" in record["error"]
 
         client = engine.start()
         assert client.images.list(name=REPOSITORY) == [], "an image of the cell was tagged by the dead build"
-    assert default_bridge_works(docker_client, standin_base), "the second engine broke the first one's network"
+    assert default_bridge_works(containers, standin_base), "the second engine broke the first one's network"
 
 
-def test_engine_disk_full_fails_the_step_with_the_reason(tmp_project, standin_base, torch_index, docker_client):
+def test_engine_disk_full_fails_the_step_with_the_reason(tmp_project, standin_base, stand_ins, docker_client,
+                                                         containers):
     with second_engine(standin_base, docker_client, tmpfs_size="700m") as (engine, client):
-        report = tmp_project / "out" / "build-report.json"
-        proc, lines = start(tmp_project, "build", "--cuda", "cpu", "--no-cache", *stand_ins(standin_base, torch_index.url),
-                            env={"DOCKER_HOST": engine.host})
+        proc, lines = start_merged(tmp_project, "build", "--cuda", "cpu", "--no-cache", *stand_ins,
+                                   env={"DOCKER_HOST": engine.host})
         out = finish(proc, lines, timeout=600)
         assert proc.returncode == 1, out
         assert "Traceback" not in out
         assert "No space left on device" in out, out[-3000:]
-        record = cell_report(report)[CELL]
+        record = build_report(tmp_project)[CELL]
         assert record["status"] == "failed" and record["image_id"] is None
         assert "No space left on device" in record["error"]
         assert client.images.list(name=REPOSITORY) == []
-    assert default_bridge_works(docker_client, standin_base), "the second engine broke the first one's network"
+    assert default_bridge_works(containers, standin_base), "the second engine broke the first one's network"
 
 
 def test_index_gone_during_the_lock_writes_no_lock_and_leaves_no_container(tmp_project, standin_base, cache_dir,
@@ -215,13 +189,11 @@ def test_index_gone_during_the_lock_writes_no_lock_and_leaves_no_container(tmp_p
     # a change, so that a lock resolved without the index would differ from the committed one
     cpu_in = tmp_project / "requirements" / "cpu.in"
     cpu_in.write_text(cpu_in.read_text() + "rich>=13\n")
-    index = LoopbackIndex(cache_dir / "index-cpu")  # its own, on its own port: stopping it harms no other test
-    index.fill(cpu_index_requirements())
+    index = cpu_index(cache_dir)  # its own, on its own port: stopping it harms no other test
     index.start()
     try:
-        proc, lines = start(tmp_project, "lock", "--cuda", "cpu", *stand_ins(standin_base, index.url))
-        mine = {"label": ["io.gpumatrix.role=lock", f"io.gpumatrix.pid={proc.pid}"]}
-        wait_for(lambda: docker_client.containers.list(all=True, sparse=True, filters=mine) or proc.poll() is not None,
+        proc, lines = start_merged(tmp_project, "lock", "--cuda", "cpu", *standin_flags(standin_base, index.url))
+        wait_for(lambda: product_containers(docker_client, "lock", pid=proc.pid) or proc.poll() is not None,
                  "the lock container")
         assert proc.poll() is None, "".join(lines)
     finally:
@@ -232,7 +204,7 @@ def test_index_gone_during_the_lock_writes_no_lock_and_leaves_no_container(tmp_p
     assert "stopped answering" in out and "no lock written" in out, out[-3000:]
     assert lock.read_bytes() == before
     assert not list(lock.parent.glob(".*.tmp"))
-    assert docker_client.containers.list(all=True, sparse=True, filters=mine) == []
+    assert product_containers(docker_client, "lock", pid=proc.pid) == []
 
 
 @pytest.fixture
@@ -251,9 +223,8 @@ def full_out(tmp_project):
         subprocess.run(["umount", "-l", str(out)], check=False)
 
 
-def test_full_output_disk_keeps_the_old_report_and_says_why(full_out, tmp_project, standin_base, torch_index):
-    args = stand_ins(standin_base, torch_index.url)
-    proc, lines = start(tmp_project, "build", "--cuda", "cpu", *args)
+def test_full_output_disk_keeps_the_old_report_and_says_why(full_out, tmp_project, stand_ins):
+    proc, lines = start_merged(tmp_project, "build", "--cuda", "cpu", *stand_ins)
     out = finish(proc, lines, timeout=900)
     assert proc.returncode == 1, out
     assert "Traceback" not in out

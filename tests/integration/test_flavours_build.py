@@ -3,33 +3,30 @@ torch stage: the shared stages are built once, before the cells, and each cell f
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gpumatrix.standins import LoopbackIndex, cpu_index_requirements
+from support.cli import cli as run_cli
+from support.projects import use_registry
+from support.reports import build_report
+from support.standins import STANDIN_CELL, cpu_index, standin_flags
 
-REPO = Path(__file__).resolve().parents[2]
-PLAIN, SERVE = "cpu-py3.11-torch2.13.0", "cpu-py3.11-torch2.13.0-serve"
+PLAIN, SERVE = STANDIN_CELL, f"{STANDIN_CELL}-serve"
 REPOSITORY = "gpumatrix.test/flavours/gpu-images"
 
 
 @pytest.fixture(scope="module")
 def cold_index(cache_dir):
     """An index of its own: its URL (a build argument of the torch stage) is new, so that stage is built cold."""
-    index = LoopbackIndex(cache_dir / "index-cpu")
-    index.fill(cpu_index_requirements())
-    with index:
+    with cpu_index(cache_dir) as index:
         yield index
 
 
 @pytest.fixture
 def project(tmp_project: Path) -> Path:
+    use_registry(tmp_project, "gpumatrix.test/flavours")
     text = (tmp_project / "matrix.yaml").read_text()
-    text = text.replace("registry: ghcr.io/acme\n", "registry: gpumatrix.test/flavours\n")
     text = text.replace('  - {cuda: cpu, python: "3.11", torch: "2.13.0"}\n',
                         '  - {cuda: cpu, python: "3.11", torch: "2.13.0"}\n'
                         '  - {cuda: cpu, python: "3.11", torch: "2.13.0", flavour: serve, layers: [serve]}\n')
@@ -39,16 +36,14 @@ def project(tmp_project: Path) -> Path:
     return tmp_project
 
 
-def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
-                            capture_output=True, text=True, timeout=1800)
+def cli(project: Path, *args: str):
+    result = run_cli(project, *args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
-def test_flavours_share_one_torch_stage(project, standin_base, cold_index, docker_client):
-    stand_ins = ["--base-image", standin_base, "--runtime-image", standin_base, "--index-url", cold_index.url,
-                 "--network", "host"]
+def test_flavours_share_one_torch_stage(project, standin_base, cold_index, docker_client, containers):
+    stand_ins = standin_flags(standin_base, cold_index.url)
     cli(project, "lock", "--cuda", "cpu", "-j", "2", *stand_ins)
     serve_lock = (project / "locks" / f"{SERVE}.txt").read_text()
     assert "rich==" in serve_lock and "numpy==" not in serve_lock  # its own layers, not the plain cell's
@@ -58,7 +53,7 @@ def test_flavours_share_one_torch_stage(project, standin_base, cold_index, docke
     assert wheel_downloads == 1, "the torch stage was installed more than once for the locks"
 
     cli(project, "build", "--cuda", "cpu", "--all", "-j", "2", "--force", *stand_ins)
-    cells = {c["cell"]: c for c in json.loads((project / "out" / "build-report.json").read_text())["cells"]}
+    cells = build_report(project)
     assert {c: r["status"] for c, r in cells.items()} == {PLAIN: "built", SERVE: "built"}
     for name, record in cells.items():
         torch_steps = [s for s in record["steps"] if s["stage"] in ("base", "torch") and s["instruction"].startswith("RUN")]
@@ -67,7 +62,7 @@ def test_flavours_share_one_torch_stage(project, standin_base, cold_index, docke
     serve = docker_client.images.get(f"{REPOSITORY}:{SERVE}")
     assert plain.id != serve.id
     assert plain.labels["io.gpumatrix.torch"] == serve.labels["io.gpumatrix.torch"] == "2.13.0+cpu"
-    freeze = docker_client.containers.run(serve.id, ["pip", "freeze"], remove=True, network_mode="none").decode()
+    freeze = containers.run_in(serve.id, ["pip", "freeze"])
     assert "rich==" in freeze and "torch==2.13.0+cpu" in freeze
     for image in (plain, serve):
         for tag in image.tags:

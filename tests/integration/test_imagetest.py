@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +20,15 @@ from pathlib import Path
 import docker
 import pytest
 
+from devtools.standins import WHEEL_PLATFORMS, LoopbackIndex, StandinError
 from gpumatrix import imagetest
-from gpumatrix.standins import LoopbackIndex, StandinError, WHEEL_PLATFORMS
-
-REPO = Path(__file__).resolve().parents[2]
-CELL = "cpu-py3.11-torch2.13.0"
-REPOSITORY = "ghcr.io/acme/gpu-images"
+from support.cli import cli, start
+from support.containers import product_containers
+from support.projects import REPO, WITH_LOCKS, copy_project
+from support.projects import SHIPPED_REPOSITORY as REPOSITORY
+from support.reports import build_report, check_results
+from support.standins import STANDIN_CELL as CELL
+from support.standins import base_flags
 RESULT_KEYS = {"cell", "image", "image_id", "passed", "gpu", "junit", "summary"}
 CHECKS = {
     "test_python_version", "test_torch_distribution_is_the_exact_pin", "test_torch_version_is_the_exact_pin",
@@ -39,47 +41,34 @@ CHECKS = {
 }
 
 
-def cli(project: Path, *args: str, timeout: int = 1800, matrix: str = "matrix.yaml") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "build.py"), "--matrix", str(project / matrix), *args],
-                          capture_output=True, text=True, timeout=timeout)
+def results(out: Path) -> tuple[dict, dict[str, dict]]:
+    return check_results(out, CELL)
 
 
-def results(out: Path, cell: str = CELL) -> tuple[dict, dict[str, dict]]:
-    record = json.loads((out / f"{cell}.json").read_text())
-    cases = {c["name"]: c for c in imagetest.parse_junit(out / f"{cell}.xml")}
-    return record, cases
-
-
-def leftover_containers(client, image: str | None = None) -> list:
+def leftover_containers(client, image: str) -> list:
     """Test containers imagetest left behind (of `image` only: other runs may share the engine)."""
-    filters = {"label": imagetest.CONTAINER_LABEL, **({"ancestor": image} if image else {})}
-    return client.containers.list(all=True, filters=filters)
+    return product_containers(client, "imagetest", image=image)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("imagetest")
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copy(REPO / "matrix.yaml", root / "matrix.yaml")
-    return root
+    return copy_project(tmp_path_factory.mktemp("imagetest"), WITH_LOCKS)
 
 
 @pytest.fixture(scope="module")
 def bases(standin_base) -> list[str]:
-    return ["--base-image", standin_base, "--runtime-image", standin_base]
+    return base_flags(standin_base)
 
 
 @pytest.fixture(scope="module")
-def cpu_image(project, bases, torch_index, docker_client) -> str:
+def cpu_image(project, stand_ins, docker_client) -> str:
     """The CPU cell built here; returns its immutable content tag (the cell tag may move under other tests)."""
-    overrides = [*bases, "--index-url", torch_index.url, "--network", "host"]
     if cli(project, "lock", "--check", "--cuda", "cpu").returncode != 0:
-        result = cli(project, "lock", "--cuda", "cpu", *overrides)
+        result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
         assert result.returncode == 0, result.stderr
-    result = cli(project, "build", "--cuda", "cpu", *overrides)
+    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
     assert result.returncode == 0, result.stderr
-    record = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+    record = build_report(project)[CELL]
     (content_tag,) = [t for t in record["tags"] if re.fullmatch(rf"{re.escape(REPOSITORY)}:{CELL}-[0-9a-f]{{12}}", t)]
     assert docker_client.images.get(content_tag).id == record["image_id"]
     return content_tag
@@ -116,40 +105,32 @@ def test_good_image_passes_and_writes_the_results(project, bases, cpu_image, doc
     print(f"suite on the CPU image: {duration:.0f}s")
 
 
-def test_local_backend_runs_the_same_suite(project, bases, cpu_image, docker_client, tmp_path):
+def test_local_backend_runs_the_same_suite(project, bases, cpu_image, containers, tmp_path):
     """--local checks whatever environment --interpreter names; here a Python that runs inside a container."""
-    container = docker_client.containers.run(cpu_image, ["sleep", "infinity"], entrypoint=[], detach=True,
-                                             network_mode="none")
-    try:
-        python = tmp_path / "python"
-        python.write_text(f'#!/bin/sh\nexec docker exec -i {container.id} python "$@"\n')
-        python.chmod(0o755)
-        out = tmp_path / "out"
-        result = cli(project, "test", "--cuda", "cpu", "--local", "--interpreter", str(python), "--out", str(out), *bases)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-        record, cases = results(out)
-        assert record["mode"] == "local" and record["image"] is None and record["image_id"] is None
-        assert cases["test_torch_version_is_the_exact_pin"]["outcome"] == "passed"
-        assert cases["test_installed_set_is_torch_stage_plus_lock"]["outcome"] == "passed"
-        assert cases["test_labels"]["outcome"] == "skipped" and "not for --local" in cases["test_labels"]["message"]
-        # --gpu: a GPU check is never skipped when asked for; without a GPU it fails and says so.
-        result = cli(project, "test", "--cuda", "cpu", "--local", "--gpu", "--interpreter", str(python),
-                     "--out", str(out), *bases)
-        assert result.returncode == 1
-        record, cases = results(out)
-        matmul = cases["test_gpu_matmul_matches_cpu"]
-        assert matmul["outcome"] == "error" and "expected a visible GPU (--gpu), found none" in matmul["message"]
-        assert record["gpu"] is True and record["passed"] is False
-    finally:
-        container.remove(force=True)
+    container = containers.start(cpu_image)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec docker exec -i {container.id} python "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    result = cli(project, "test", "--cuda", "cpu", "--local", "--interpreter", str(python), "--out", str(out), *bases)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    record, cases = results(out)
+    assert record["mode"] == "local" and record["image"] is None and record["image_id"] is None
+    assert cases["test_torch_version_is_the_exact_pin"]["outcome"] == "passed"
+    assert cases["test_installed_set_is_torch_stage_plus_lock"]["outcome"] == "passed"
+    assert cases["test_labels"]["outcome"] == "skipped" and "not for --local" in cases["test_labels"]["message"]
+    # --gpu: a GPU check is never skipped when asked for; without a GPU it fails and says so.
+    result = cli(project, "test", "--cuda", "cpu", "--local", "--gpu", "--interpreter", str(python),
+                 "--out", str(out), *bases)
+    assert result.returncode == 1
+    record, cases = results(out)
+    matmul = cases["test_gpu_matmul_matches_cpu"]
+    assert matmul["outcome"] == "error" and "expected a visible GPU (--gpu), found none" in matmul["message"]
+    assert record["gpu"] is True and record["passed"] is False
 
 
 def test_ctrl_c_removes_the_container(project, bases, cpu_image, docker_client, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), "test",
-                             "--cuda", "cpu", "--image", cpu_image, "--out", str(tmp_path), *bases],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a shell's background job inherits SIGINT ignored; Ctrl-C must reach this one
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start(project, "test", "--cuda", "cpu", "--image", cpu_image, "--out", str(tmp_path), *bases)
     try:
         deadline = time.monotonic() + 120
         while not leftover_containers(docker_client, cpu_image):

@@ -12,36 +12,27 @@ the compiled archs are the wheel's own. No wheel from download.pytorch.org is in
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import zlib
 from pathlib import Path
 
 import pytest
 
+from devtools.standins import LoopbackIndex
 from gpumatrix import imagetest
-from gpumatrix.standins import LoopbackIndex
-
-from test_imagetest import cli, leftover_containers, results
+from support.cli import cli
+from support.containers import product_containers
+from support.projects import copy_project, matrix_text
+from support.reports import check_results
+from support.standins import base_flags, standin_flags
 
 CU130_CELL = "cu13.0-py3.11-torch2.14.1"
-REPO = Path(__file__).resolve().parents[2]
-
-CU130_MATRIX = """\
-image: gpu-images
-registry: ghcr.io/acme
-axes:
-  cuda: ["13.0"]
-  python: ["3.11"]
-  torch: ["2.14.1"]
-defaults:
-  python: "3.11"
-  torch: {}
-settings:
-  archs: [sm_80, sm_90, sm_120]
-  layers: []
-  companions: []
-"""
+CU130_MATRIX = matrix_text(cuda=("13.0",), torch=("2.14.1",), extra=(
+    "  torch: {}\n"
+    "settings:\n"
+    "  archs: [sm_80, sm_90, sm_120]\n"
+    "  layers: []\n"
+    "  companions: []\n"))
 
 
 def _stable_port(root: Path) -> int:
@@ -65,17 +56,13 @@ def cu130_index(cache_dir):
 
 @pytest.fixture(scope="module")
 def cu130_project(tmp_path_factory, standin_base, cu130_index) -> Path:
-    root = tmp_path_factory.mktemp("cu130")
-    for name in ("templates", "requirements"):
-        shutil.copytree(REPO / name, root / name)
-    (root / "matrix.yaml").write_text(CU130_MATRIX)
+    root = copy_project(tmp_path_factory.mktemp("cu130"), matrix=CU130_MATRIX)
     listed = cli(root, "list", "--format", "json")
     assert listed.returncode == 0, listed.stderr
     (cell,) = json.loads(listed.stdout)
     assert cell["name"] == CU130_CELL and cell["torch"] == "2.14.1+cu130" and cell["archs"] == ["sm_80", "sm_90", "sm_120"]
     started = time.monotonic()
-    result = cli(root, "build", "--cuda", "13.0", "--base-image", standin_base, "--runtime-image", standin_base,
-                 "--index-url", cu130_index.url, "--network", "host", timeout=3000)
+    result = cli(root, "build", "--cuda", "13.0", *standin_flags(standin_base, cu130_index.url), timeout=3000)
     assert result.returncode == 0, result.stderr[-5000:]
     print(f"cu130 build: {time.monotonic() - started:.0f}s")
     return root
@@ -83,14 +70,14 @@ def cu130_project(tmp_path_factory, standin_base, cu130_index) -> Path:
 
 @pytest.mark.slow
 def test_cuda13_cell_with_pypi_torch_relabelled_cu130_by_the_test_passes_without_a_gpu(cu130_project, standin_base,
-                                                                                      docker_client):
+                                                                                      containers):
     """The torch distribution the pin checks accept as 2.14.1+cu130 is PyPI's 2.14.1 wheel relabelled by this test's
     index (see the module docstring), not a wheel of the PyTorch index."""
     started = time.monotonic()
-    result = cli(cu130_project, "test", "--cuda", "13.0", "--base-image", standin_base, "--runtime-image", standin_base)
+    result = cli(cu130_project, "test", "--cuda", "13.0", *base_flags(standin_base))
     print(f"suite on the cu130 image: {time.monotonic() - started:.0f}s")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
-    record, cases = results(cu130_project / "out" / "tests", CU130_CELL)
+    record, cases = check_results(cu130_project / "out" / "tests", CU130_CELL)
     assert record["passed"] is True and record["gpu"] is False
     archs = cases["test_compiled_archs_cover_the_target_archs"]
     assert archs["outcome"] == "passed"
@@ -98,10 +85,10 @@ def test_cuda13_cell_with_pypi_torch_relabelled_cu130_by_the_test_passes_without
     assert cases["test_nvidia_require_cuda"]["outcome"] == "passed"
     expect = json.loads((cu130_project / "out" / "tests" / f"{CU130_CELL}.expect.json").read_text())
     assert expect["cuda"] == "13.0" and expect["torch_pin"] == "2.14.1+cu130"
-    facts = docker_client.containers.run(
+    facts = containers.run_in(
         record["image_id"], ["python", "-c", "import torch; print(torch.version.cuda, *torch.cuda.get_arch_list(), "
-                             "torch._C._cuda_getArchFlags())"], entrypoint=[], remove=True, network_mode="none")
-    words = facts.decode().split()
+                             "torch._C._cuda_getArchFlags())"])
+    words = facts.split()
     assert words[0] == "13.0" and {"sm_80", "sm_90", "sm_120"} <= set(words[1:]), words
 
 
@@ -123,4 +110,4 @@ def test_cuda13_copy_claiming_sm70_fails_the_arch_check(cu130_project, docker_cl
     message = cases["test_compiled_archs_cover_the_target_archs"]["message"]
     assert "expected torch's compiled archs to cover the target archs sm_70 sm_80 sm_90 sm_120" in message
     assert "no kernels for sm_70" in message and "sm_75" in message
-    assert not leftover_containers(docker_client, image.id)
+    assert not product_containers(docker_client, "imagetest", image=image.id)

@@ -10,18 +10,18 @@ Tests in this module run in order and share one copy of the project.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CELL = "cpu-py3.11-torch2.13.0"
+from support.cli import cli
+from support.projects import WITH_LOCKS, copy_project
+from support.reports import build_report
+from support.standins import STANDIN_CELL as CELL
+
+SITE_PACKAGES = "/opt/venv/lib/python3.11/site-packages"
 INSTALLERS = ("uv", "pip")
 # name -> (installer, app_stage); "default" leaves the key out of the matrix
 VARIANTS = {"uv": ("default", "default"), "pip": ("pip", "default"), "uv-devel": ("default", "devel")}
@@ -29,17 +29,7 @@ VARIANTS = {"uv": ("default", "default"), "pip": ("pip", "default"), "uv-devel":
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("installers")
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copy(REPO / "matrix.yaml", root / "matrix.yaml")
-    return root
-
-
-@pytest.fixture(scope="module")
-def stand_ins(standin_base, torch_index) -> list[str]:
-    return ["--base-image", standin_base, "--runtime-image", standin_base,
-            "--index-url", torch_index.url, "--network", "host"]
+    return copy_project(tmp_path_factory.mktemp("installers"), WITH_LOCKS)
 
 
 def use_settings(project: Path, installer: str = "default", app_stage: str = "default") -> None:
@@ -53,28 +43,7 @@ def use_settings(project: Path, installer: str = "default", app_stage: str = "de
 
 
 def image_of(project: Path) -> str:
-    cells = json.loads((project / "report.json").read_text())["cells"]
-    (record,) = [c for c in cells if c["cell"] == CELL]
-    return record["image_id"]
-
-
-def run_in(client, image: str, script: str) -> str:
-    """The script's output through exec: the logs of a container that exits at once can come back empty (dockerd 20.10
-    returned '' for a `cat` here once)."""
-    container = client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode="none", entrypoint=[])
-    try:
-        code, out = container.exec_run(["bash", "-c", script])
-    finally:
-        container.remove(force=True)
-    assert code == 0, out.decode()
-    return out.decode()
-
-
-def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ),
-    )
+    return build_report(project, "report.json")[CELL]["image_id"]
 
 
 def build(project: Path, stand_ins: list[str]) -> subprocess.CompletedProcess:
@@ -116,30 +85,29 @@ def test_the_default_installer_is_uv_in_the_runtime_stage(project):
     assert "AS app" not in text and text.index("AS runtime") < text.index("uv pip install")
 
 
-def test_both_installers_give_the_same_packages(images, locked, docker_client):
-    freezes = {name: run_in(docker_client, image, "pip freeze --all") for name, image in images.items()}
+def test_both_installers_give_the_same_packages(images, locked, containers):
+    freezes = {name: containers.run_in(image, "pip freeze --all") for name, image in images.items()}
     assert freezes["uv"] == freezes["pip"] == freezes["uv-devel"]
     for pin in re.findall(r"^([A-Za-z0-9_.-]+==\S+) \\$", locked, re.MULTILINE):
         assert pin.lower() in freezes["uv"].lower(), pin
     assert "torch==2.13.0+cpu" in freezes["uv"]
 
 
-def test_each_image_was_installed_by_its_installer(images, docker_client):
+def test_each_image_was_installed_by_its_installer(images, containers):
     for name, image in images.items():
-        installer = run_in(docker_client, image, "cat /opt/venv/lib/python3.11/site-packages/tqdm-*.dist-info/INSTALLER")
+        installer = containers.run_in(image, f"cat {SITE_PACKAGES}/tqdm-*.dist-info/INSTALLER")
         assert installer.strip() == name.removesuffix("-devel")
-        torch_installer = run_in(docker_client, image,
-                                 "cat /opt/venv/lib/python3.11/site-packages/torch-*.dist-info/INSTALLER")
+        torch_installer = containers.run_in(image, f"cat {SITE_PACKAGES}/torch-*.dist-info/INSTALLER")
         assert torch_installer.strip() == "pip", "the torch stage is pip's, whatever installs the app layer"
 
 
 @pytest.mark.parametrize("variant", ["uv", "uv-devel"])
-def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(variant, images, docker_client):
+def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(variant, images, docker_client, containers):
     image = images[variant]
-    pyc = run_in(docker_client, image, "ls /opt/venv/lib/python3.11/site-packages/tqdm/__pycache__ | wc -l")
+    pyc = containers.run_in(image, f"ls {SITE_PACKAGES}/tqdm/__pycache__ | wc -l")
     assert int(pyc) > 5
-    leftovers = run_in(docker_client, image, "ls -d /opt/uv /tmp/uv /tmp/* /opt/app-layer /opt/venv/.lock "
-                                             "/opt/venv/bin/uv /root/.cache 2>/dev/null; true")
+    leftovers = containers.run_in(image, "ls -d /opt/uv /tmp/uv /tmp/* /opt/app-layer /opt/venv/.lock "
+                                         "/opt/venv/bin/uv /root/.cache 2>/dev/null; true")
     assert leftovers.strip() == ""
     # uv is in no layer of the image, not even one that a later layer hides
     history = docker_client.images.get(image).history()

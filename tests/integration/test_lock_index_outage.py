@@ -6,22 +6,16 @@ It needs PyPI, so it is an integration test (tests/unit touch no network).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from devtools.registry import free_port
 from gpumatrix.lock import RETRIES_USED_UP
 
 PIP_COMPILE = Path(sys.executable).with_name("pip-compile")
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: connections are refused
 
 
 def pip_compile(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -33,7 +27,8 @@ def pip_compile(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def outage_output(tmp_path_factory) -> subprocess.CompletedProcess:
-    return pip_compile(tmp_path_factory.mktemp("outage"), "--extra-index-url", f"http://127.0.0.1:{closed_port()}/simple")
+    closed = free_port()  # nothing listens there: connections are refused
+    return pip_compile(tmp_path_factory.mktemp("outage"), "--extra-index-url", f"http://127.0.0.1:{closed}/simple")
 
 
 def test_pip_compile_succeeds_although_an_index_never_answered(outage_output):

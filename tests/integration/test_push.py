@@ -11,12 +11,9 @@ import base64
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,108 +22,22 @@ import pytest
 import requests
 from packaging.utils import canonicalize_name
 
-from support.ci import need
+from devtools.registry import Registry
+from support.cli import cli, start
+from support.containers import product_containers
+from support.projects import WITH_LOCKS, copy_project
+from support.standins import STANDIN_CELL as CELL
+from support.standins import base_flags, standin_flags
 
-REPO = Path(__file__).resolve().parents[2]
-CELL = "cpu-py3.11-torch2.13.0"
 OWN_REGISTRY = "gpumatrix.test/push"  # the matrix's registry in this module's project copy
 LOCAL_REPO = f"{OWN_REGISTRY}/gpu-images"
 USER, PASSWORD = "ci-bot", "Tr0ub4dor&3-secret-XYZ"
 INDEX_USER, INDEX_TOKEN = "index-bot", "idx-T0ken-4c9e1f"  # the loopback index ignores them; pip sends them
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Registry:
-    """docker-registry serving `storage` on 127.0.0.1:<free port>; htpasswd authentication when users are given."""
-
-    def __init__(self, workdir: Path, storage: Path, users: dict[str, str] | None = None):
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.storage = storage
-        self.log = workdir / f"registry-{self.port}.log"
-        config = [
-            "version: 0.1",
-            "log: {level: info}",
-            f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}",
-            f"http: {{addr: {self.addr}, secret: test-only-secret}}",
-        ]
-        if users:
-            htpasswd = workdir / f"htpasswd-{self.port}"
-            for i, (user, password) in enumerate(users.items()):
-                flags = "-Bbc" if i == 0 else "-Bb"
-                subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
-            config.append(f"auth: {{htpasswd: {{realm: gpumatrix-test, path: {htpasswd}}}}}")
-        self.config = workdir / f"registry-{self.port}.yml"
-        self.config.write_text("\n".join(config) + "\n")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)],
-                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://{self.addr}/v2/", timeout=1).status_code in (200, 401):
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def uploads_started(self) -> bool:
-        uploads = self.storage / "docker" / "registry" / "v2" / "repositories" / "gpu-images" / "_uploads"
-        return uploads.is_dir() and any(uploads.iterdir())
-
-
-@pytest.fixture(scope="module")
-def registries(tmp_path_factory, docker_client):
-    need("docker-registry", "docker-registry")
-    need("skopeo", "skopeo")
-    need("htpasswd", "apache2-utils")
-    workdir = tmp_path_factory.mktemp("registries")
-    started: list[Registry] = []
-
-    def start(users: dict[str, str] | None = None, storage: Path | None = None) -> Registry:
-        reg = Registry(workdir, storage or workdir / f"storage-{len(started)}", users)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
-        # The pushes tagged the cell's image under each registry: take those tags off the engine again.
-        for image in docker_client.images.list(name=f"{reg.addr}/gpu-images"):
-            for tag in image.tags:
-                if tag.startswith(f"{reg.addr}/"):
-                    docker_client.images.remove(tag)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("push-project")
-    for name in ("templates", "requirements", "locks"):
-        shutil.copytree(REPO / name, root / name)
-    if (REPO / "tests" / "image").is_dir():
-        shutil.copytree(REPO / "tests" / "image", root / "tests" / "image")
-    text = (REPO / "matrix.yaml").read_text()
-    assert "registry: ghcr.io/acme\n" in text
-    (root / "matrix.yaml").write_text(text.replace("registry: ghcr.io/acme\n", f"registry: {OWN_REGISTRY}\n"))
-    return root
-
-
-def cli(project: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USER", "REGISTRY_PASSWORD")}
-    return subprocess.run(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), *args],
-        capture_output=True, text=True, timeout=timeout, env={**environ, **(env or {})}, cwd=project,
-    )
+    return copy_project(tmp_path_factory.mktemp("push-project"), (*WITH_LOCKS, "tests/image"), registry=OWN_REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +50,7 @@ def run_logs() -> list[str]:
 def built(project, standin_base, torch_index, docker_client, run_logs) -> str:
     """The CPU cell locked and built through build.py, with an index URL that carries credentials (given as
     GPUMATRIX_INDEX_URL, as a private index's would be); returns the image id."""
-    stand_ins = ["--base-image", standin_base, "--runtime-image", standin_base, "--network", "host"]
+    stand_ins = standin_flags(standin_base)  # the index comes from the environment
     index = {"GPUMATRIX_INDEX_URL": torch_index.url.replace("http://", f"http://{INDEX_USER}:{INDEX_TOKEN}@")}
     for verb in ("lock", "build"):
         result = cli(project, verb, "--cuda", "cpu", *stand_ins, env=index)
@@ -169,8 +80,7 @@ def has_test_command(project: Path) -> bool:
 def tested(project, built, standin_base, run_logs) -> str:
     """The image checks passed for the built image: through `build.py test` when it exists, else a hand-made record."""
     if has_test_command(project):
-        result = cli(project, "test", "--cuda", "cpu", "--no-gpu",
-                     "--base-image", standin_base, "--runtime-image", standin_base)
+        result = cli(project, "test", "--cuda", "cpu", "--no-gpu", *base_flags(standin_base))
         run_logs.append(result.stdout + result.stderr)
         assert result.returncode == 0, result.stdout + result.stderr
         record = json.loads(record_path(project).read_text())
@@ -267,15 +177,15 @@ def sbom_of(path: Path) -> dict:
     return json.loads(text)
 
 
-def pip_freeze(docker_client, image_id: str) -> dict[str, str]:
+def pip_freeze(containers, image_id: str) -> dict[str, str]:
     """The image's own `pip freeze` (which leaves out pip, setuptools and wheel), canonical name -> version."""
-    out = docker_client.containers.run(image_id, ["/opt/venv/bin/python", "-m", "pip", "freeze"], entrypoint=[],
-                                       network_mode="none", remove=True).decode()
+    out = containers.run_in(image_id, ["/opt/venv/bin/python", "-m", "pip", "freeze"])
     pairs = (line.split("==", 1) for line in out.splitlines() if "==" in line)
     return {canonicalize_name(name): version for name, version in pairs}
 
 
-def test_sbom_is_the_installed_environment_and_rides_in_the_catalog(project, tested, plain_registry, docker_client):
+def test_sbom_is_the_installed_environment_and_rides_in_the_catalog(project, tested, plain_registry, docker_client,
+                                                                   containers):
     result = cli(project, "sbom", "--cuda", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     path = project / "out" / "sbom" / f"{CELL}.cdx.json"
@@ -290,10 +200,10 @@ def test_sbom_is_the_installed_environment_and_rides_in_the_catalog(project, tes
     assert any(p.startswith("pkg:pypi/numpy@") for p in purls)
     assert "pkg:deb/debian/" in " ".join(purls) and "distro=debian-12" in " ".join(purls)
     pypi = {canonicalize_name(c["name"]): c["version"] for c in doc["components"] if c.get("purl", "").startswith("pkg:pypi/")}
-    frozen = pip_freeze(docker_client, tested)
+    frozen = pip_freeze(containers, tested)
     assert len(frozen) > 5 and {n: pypi.get(n) for n in frozen} == frozen  # every frozen package, at its version
     assert set(pypi) - set(frozen) <= {"pip", "setuptools", "wheel"}
-    leftovers = docker_client.containers.list(all=True, filters={"label": "io.gpumatrix.imagetest", "ancestor": tested})
+    leftovers = product_containers(docker_client, "imagetest", image=tested)
     assert leftovers == []
 
     # push reuses the SBOM of this very image and records it in the catalog
@@ -350,9 +260,7 @@ def test_signal_mid_push_exits_at_once_and_leaves_the_catalog_as_it_was(project,
     reg = registries()  # empty storage: every layer is really uploaded
     catalog_dir = project / "out" / "catalog"
     before = {p.name: p.read_bytes() for p in catalog_dir.glob("*")}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "build.py"), "--matrix", str(project / "matrix.yaml"), "push", "--cuda", "cpu",
-         "--registry", reg.addr], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(project, "push", "--cuda", "cpu", "--registry", reg.addr)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not reg.uploads_started() and proc.poll() is None:
         time.sleep(0.05)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import filecmp
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CELL = "cpu-py3.11-torch2.13.0"
+from support.cli import build_py
+from support.projects import REPO, use_registry
+from support.standins import STANDIN_CELL as CELL
+
 REPOSITORY = "gpumatrix.test/repro/gpu-images"
 
 # Every regular file of the environment and the app layer with its sha256; bytecode is left out because pip
@@ -41,15 +42,13 @@ def checkout(target: Path) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    text = (target / "matrix.yaml").read_text()
-    assert "registry: ghcr.io/acme\n" in text
-    (target / "matrix.yaml").write_text(text.replace("registry: ghcr.io/acme\n", "registry: gpumatrix.test/repro\n"))
+    use_registry(target, "gpumatrix.test/repro")
     return target
 
 
-def cli(project: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(project / "build.py"), *args], cwd=project,
-                            capture_output=True, text=True, timeout=timeout)
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The copy's own build.py, run in the copy; asserts that it succeeds."""
+    result = build_py(*args, cwd=project, script=project / "build.py")
     assert result.returncode == 0, f"build.py {' '.join(args)}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
     return result
 
@@ -57,12 +56,6 @@ def cli(project: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def checkouts(tmp_path_factory) -> tuple[Path, Path]:
     return checkout(tmp_path_factory.mktemp("checkout-a")), checkout(tmp_path_factory.mktemp("checkout-b"))
-
-
-@pytest.fixture(scope="module")
-def stand_ins(standin_base, torch_index) -> list[str]:
-    return ["--base-image", standin_base, "--runtime-image", standin_base, "--index-url", torch_index.url,
-            "--network", "host"]
 
 
 def differing(a: Path, b: Path) -> list[str]:
@@ -96,12 +89,8 @@ def test_lock_is_byte_identical_in_two_copies_sharing_one_engine_base_and_index(
     assert (a / "locks" / f"{CELL}.txt").read_bytes() == (b / "locks" / f"{CELL}.txt").read_bytes()
 
 
-def in_image(client, image: str, command: str) -> str:
-    return client.containers.run(image, ["bash", "-c", command], remove=True, network_mode="none").decode()
-
-
 def test_two_no_cache_builds_sharing_one_base_and_index_hold_the_same_files_and_freeze(checkouts, stand_ins,
-                                                                                       docker_client):
+                                                                                       docker_client, containers):
     """One --no-cache build per copy, on one engine, from the same stand-in base and loopback index."""
     a, b = checkouts
     images = []
@@ -113,10 +102,10 @@ def test_two_no_cache_builds_sharing_one_base_and_index_hold_the_same_files_and_
             docker_client.images.remove(f"{REPOSITORY}:{CELL}")  # the second build must make its own
         first, second = images
         assert first != second, "the second build reused the first image instead of building"
-        freeze = [in_image(docker_client, i, "pip freeze --all") for i in images]
+        freeze = [containers.run_in(i, "pip freeze --all") for i in images]
         assert freeze[0] == freeze[1]
         assert "torch==2.13.0+cpu" in freeze[0]
-        files = [in_image(docker_client, i, FILE_SET) for i in images]
+        files = [containers.run_in(i, FILE_SET) for i in images]
         assert len(files[0].splitlines()) > 1000
         only = set(files[0].splitlines()) ^ set(files[1].splitlines())
         assert not only, f"{len(only)} files differ, e.g. {sorted(only)[:10]}"

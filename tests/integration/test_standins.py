@@ -13,15 +13,9 @@ import urllib.request
 
 import pytest
 
-from gpumatrix.standins import KEY_LABEL, ensure_standin_base
+from devtools.standins import KEY_LABEL, ensure_standin_base
 
 ANCHOR = re.compile(r'<a href="([^"#]+)#sha256=([0-9a-f]{64})">([^<]+)</a>')
-
-
-def run_in(client, image: str, command: list[str]) -> str:
-    """Run a command in a throwaway container; raises ContainerError on failure."""
-    output = client.containers.run(image, command, remove=True, stderr=True)
-    return output.decode()
 
 
 def fetch(url: str) -> str:
@@ -37,12 +31,12 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def test_standin_base_runs_python_and_reaches_pypi(docker_client, standin_base):
+def test_standin_base_runs_python_and_reaches_pypi(docker_client, standin_base, containers):
     image = docker_client.images.get(standin_base)
     assert image.labels[KEY_LABEL] == standin_base.rsplit("-", 1)[1]
-    assert "Python 3.11" in run_in(docker_client, standin_base, ["python3.11", "--version"])
-    run_in(docker_client, standin_base,
-           ["python3.11", "-m", "pip", "download", "--no-deps", "-d", "/tmp", "six"])
+    assert "Python 3.11" in containers.run_in(standin_base, ["python3.11", "--version"])
+    containers.run_in(standin_base, ["python3.11", "-m", "pip", "download", "--no-deps", "-d", "/tmp", "six"],
+                      network="bridge")
 
 
 def test_standin_base_second_call_is_a_cache_hit(docker_client, standin_base, cache_dir):

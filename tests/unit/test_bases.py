@@ -371,7 +371,7 @@ def test_cli_render_check_sees_new_pins_and_bases_check_passes_once_pinned(rende
 
 
 def _expansion(matrix: str):
-    from gpumatrix.cli import load
+    from gpumatrix.pipeline import load
 
     return load(Path(matrix), pinned=False)[1]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gpumatrix.errors import UsageError
-from gpumatrix.images import Overrides, prepare, shared_stages
+from gpumatrix.build import prepare, shared_stages
+from gpumatrix.request import BuildOverrides
 from gpumatrix.project import Project
 from gpumatrix.select import Filters, choose_one, select
 
@@ -63,13 +64,13 @@ def test_one_cell_means_the_plain_one_unless_a_flavour_is_asked_for(expansion):
 
 def test_the_shared_base_and_torch_stages_are_built_once_for_both(flavoured_project, expansion):
     cells = [cell(expansion, PLAIN), cell(expansion, SERVE)]
-    requests = prepare(Project(flavoured_project / "matrix.yaml"), "gpu-images", cells, Overrides(), target="torch")
+    requests = prepare(Project(flavoured_project / "matrix.yaml"), "gpu-images", cells, BuildOverrides(), target="torch")
     stages = shared_stages(requests)
     assert [s.target for s in stages] == ["base", "torch"]
     assert stages[1].content_tag.startswith(f"ghcr.io/acme/gpu-images:{PLAIN}-torchstage-")
     assert stages[1].content_tag.rsplit("-", 1)[1] == requests[0].content_tag.rsplit("-", 1)[1]
     other_torch = prepare(Project(flavoured_project / "matrix.yaml"), "gpu-images", cells[:1],
-                          Overrides(index_url="http://127.0.0.1:9/{variant}"), target="torch")
+                          BuildOverrides(index_url="http://127.0.0.1:9/{variant}"), target="torch")
     assert [s.target for s in shared_stages([requests[0], *other_torch])] == ["base"]
 
 

@@ -217,7 +217,7 @@ def test_every_prefix_of_the_lock_is_refused_in_one_line(cut, proj, cli, snapsho
 def test_every_prefix_of_the_lock_is_refused_by_the_checker():
     """Exhaustive over the byte offsets, on the part of the checker that reads the lock's text (the whole command
     path is sampled above; a prefix keeps the header's inputs digest and pip-tools version, or loses the header)."""
-    from gpumatrix.cli import load
+    from gpumatrix.pipeline import load
     from gpumatrix.lockfile import content_problems
 
     cell = next(c for c in load(REPO / "matrix.yaml")[1].cells if c.name == CELL)
@@ -231,26 +231,27 @@ def test_every_prefix_of_the_lock_is_refused_by_the_checker():
 # ---- the writer ----
 
 def test_the_writer_records_the_digest_of_the_body_it_writes(proj):
-    from gpumatrix.cli import load
-    from gpumatrix.lock import _with_header
+    from gpumatrix.pipeline import load
+    from gpumatrix.lockfile import format_lock, inputs_digest
     from gpumatrix.lockfile import problems
 
     project, expansion = load(proj / "matrix.yaml")
     cell = next(c for c in expansion.cells if c.name == CELL)
     body = "tqdm==4.70.1 \\\n    --hash=sha256:" + "a" * 64 + "\n    # via -r requirements/cpu.in\n"
-    text = _with_header(project, cell, body, ["torch==2.13.0+cpu"])
+    text = format_lock(cell, inputs_digest(project, cell), body, ["torch==2.13.0+cpu"])
     assert text.endswith("\n\n" + body)
     assert f"# body-sha256: {hashlib.sha256(body.encode()).hexdigest()}\n" in text
     assert problems(project, cell, text) == []
 
 
 def test_the_writer_refuses_a_pin_without_hashes(proj):
-    from gpumatrix.cli import load
-    from gpumatrix.lock import _with_header, write_lock
+    from gpumatrix.pipeline import load
+    from gpumatrix.lock import write_lock
+    from gpumatrix.lockfile import format_lock, inputs_digest
 
     project, expansion = load(proj / "matrix.yaml")
     cell = next(c for c in expansion.cells if c.name == CELL)
-    text = _with_header(project, cell, "tqdm==4.70.1\n", ["torch==2.13.0+cpu"])
+    text = format_lock(cell, inputs_digest(project, cell), "tqdm==4.70.1\n", ["torch==2.13.0+cpu"])
     with pytest.raises(WorkFailed, match="tqdm==4.70.1 has no --hash=sha256 line"):
         write_lock(project, cell, text)
     assert (proj / LOCK).read_bytes() == COMMITTED

@@ -9,7 +9,7 @@ import pytest
 
 from gpumatrix.cells import expand
 from gpumatrix.errors import UsageError
-from gpumatrix.lock import _with_header
+from gpumatrix.lockfile import format_lock, inputs_digest
 from gpumatrix.matrix import load_matrix
 from gpumatrix.project import Project
 from gpumatrix.render import environment, render_cell
@@ -55,7 +55,7 @@ def test_nightly_dockerfile_installs_with_pre_and_exact_pins(nightly_project):
 
 def test_nightly_lock_header_records_the_build_date(nightly_project):
     cell = only_cell(nightly_project)
-    text = _with_header(nightly_project, cell, "einops==0.8.1\n", [f"torch=={NIGHTLY}+cu130"])
+    text = format_lock(cell, inputs_digest(nightly_project, cell), "einops==0.8.1\n", [f"torch=={NIGHTLY}+cu130"])
     assert f"# nightly: {NIGHTLY}+cu130 (the nightly of 2026-11-20;" in text
     assert "refresh with `make lock`" in text
 

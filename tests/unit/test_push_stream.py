@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from docker.errors import APIError
 
-from gpumatrix import push
+from gpumatrix import catalog, grammar, push
 from gpumatrix.push import AuthError, PushError, PushRequest, RetrySettings, Scrubber, TransientPushError
 
 DIGEST = "sha256:" + "ab" * 32
@@ -185,13 +185,13 @@ def test_credentials_from_env():
     ("ghcr.io/acme", "ghcr.io"), ("127.0.0.1:5000", "127.0.0.1:5000"), ("localhost/x", "localhost"), ("acme", "docker.io"),
 ])
 def test_registry_host(registry, host):
-    assert push.registry_host(registry) == host
+    assert grammar.registry_host(registry) == host
 
 
 def test_catalog_adds_pushed_and_drops_failed_cells(tmp_path: Path):
     req = request()
     good = push.PushOutcome(req.cell.name, "pushed", req.repository, list(req.tags), DIGEST, "sha256:img", 1_100_000_000)
-    push.update_catalog(tmp_path, [req], [good])
+    catalog.update_catalog(tmp_path, [req], [good])
     data = json.loads((tmp_path / "images.json").read_text())["images"]
     assert [e["cell"] for e in data] == ["cpu-py3.11-torch2.13.0"]
     entry = data[0]
@@ -200,7 +200,7 @@ def test_catalog_adds_pushed_and_drops_failed_cells(tmp_path: Path):
     md = (tmp_path / "images.md").read_text()
     assert f"`127.0.0.1:5000/gpu-images@{DIGEST}`" in md and "1.1 GB" in md and "| CPU |" in md
     bad = push.PushOutcome(req.cell.name, "failed", req.repository, list(req.tags), error="push failed")
-    push.update_catalog(tmp_path, [req], [bad])
+    catalog.update_catalog(tmp_path, [req], [bad])
     assert json.loads((tmp_path / "images.json").read_text())["images"] == []
     assert "cpu-py3.11" not in (tmp_path / "images.md").read_text()
 
@@ -209,9 +209,9 @@ def test_merge_catalogs(tmp_path: Path):
     req = request()
     for i, name in enumerate(("a", "b")):
         outcome = push.PushOutcome(req.cell.name, "pushed", req.repository, list(req.tags), DIGEST)
-        entry = push.catalog_entry(req, outcome)
+        entry = catalog.catalog_entry(req, outcome)
         entry["cell"] = f"cell-{name}"
-        push.write_catalog(tmp_path / name, {entry["cell"]: entry})
-    merged = push.merge_catalogs(tmp_path / "all", [tmp_path / "a", tmp_path / "b" / "images.json"])
+        catalog.write_catalog(tmp_path / name, {entry["cell"]: entry})
+    merged = catalog.merge_catalogs(tmp_path / "all", [tmp_path / "a", tmp_path / "b" / "images.json"])
     assert sorted(merged) == ["cell-a", "cell-b"]
     assert "cell-b" in (tmp_path / "all" / "images.md").read_text()

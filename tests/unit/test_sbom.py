@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumatrix import push, sbom
+from gpumatrix import catalog, sbom
 from gpumatrix.project import Project
 
 DATA = Path(__file__).resolve().parent / "data" / "sbom"
@@ -169,7 +169,7 @@ def test_catalog_record_and_markdown(tmp_path):
                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                       "format": "CycloneDX 1.6 JSON", "components": 26}
     entry = {"cell": "c", "tags": ["c"], "reference": "r@sha256:1", "cuda": "cpu", "size": None, "sbom": record}
-    md = push.catalog_markdown([entry, {**entry, "cell": "d", "sbom": None}])
+    md = catalog.catalog_markdown([entry, {**entry, "cell": "d", "sbom": None}])
     assert f"`out/sbom/cpu-py3.11-torch2.13.0.cdx.json` (26 components, sha256 `{record['sha256'][:12]}`)" in md
     assert md.splitlines()[-1].endswith("| - |")
 

@@ -4,89 +4,43 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import requests as http
 
 from . import engine
 from .cells import Cell
-from .engine import BuildOutcome, BuildRequest, Listener
+from .engine import BuildOutcome, Listener
 from .errors import UsageError
 from .lockfile import verified_lock
 from .parallel import run_parallel
 from .project import Project, write_atomic
 from .secrets import redact
-from .render import content_digest, content_tag, environment, render_cell
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Command-line overrides; they travel as build arguments, so the committed Dockerfiles stay valid."""
-
-    base_image: str | None = None
-    runtime_image: str | None = None
-    index_url: str | None = None
-    network: str | None = None
-
-    def build_args(self, cell: Cell) -> dict[str, str]:
-        args = {
-            "BASE_IMAGE": self.base_image,
-            "RUNTIME_IMAGE": self.runtime_image,
-            "TORCH_INDEX_URL": self.index_url.replace("{variant}", cell.variant) if self.index_url else None,
-        }
-        return {k: v for k, v in args.items() if v}
+from .render import content_tag, environment
+from .request import BuildOverrides, BuildRequest, request_for
 
 
 def prepare(
-    project: Project, image: str, cells: list[Cell], overrides: Overrides, target: str | None = None,
+    project: Project, image: str, cells: list[Cell], overrides: BuildOverrides, target: str | None = None,
     nocache: bool = False,
 ) -> list[BuildRequest]:
     """One request per cell. target="torch" stops after the torch stage (for locking: no lock needed yet)."""
     env = environment(project.templates)
-    requests = []
-    for cell in cells:
-        dockerfile = render_cell(env, cell, image)
-        lock = verified_lock(project, cell) if target is None else None
-        args = overrides.build_args(cell)
-        digest = content_digest(dockerfile, lock, args)
-        tag = content_tag(cell, digest) if target is None else content_tag(cell, digest, stage=target)
-        requests.append(
-            BuildRequest(
-                cell=cell,
-                dockerfile=dockerfile,
-                lock=lock,
-                build_args=engine.build_args_for(cell, lock, args),
-                content_tag=tag,
-                network=overrides.network or cell.network,
-                target=target,
-                nocache=nocache,
-            )
-        )
-    return requests
-
-
-def base_images(req: BuildRequest) -> list[str]:
-    base = req.build_args.get("BASE_IMAGE", req.cell.base_image)
-    if req.target is not None:
-        return [base]
-    return [base, req.build_args.get("RUNTIME_IMAGE", req.cell.runtime_image)]
-
-
-def index_url(req: BuildRequest) -> str:
-    return req.build_args.get("TORCH_INDEX_URL", req.cell.index_url)
+    return [request_for(env, cell, image, verified_lock(project, cell) if target is None else None, overrides,
+                        target=target, nocache=nocache) for cell in cells]
 
 
 def base_stage_key(req: BuildRequest) -> tuple:
     """What the `base` stage depends on: cells with the same key share that stage."""
     cell = req.cell
-    return req.build_args.get("BASE_IMAGE", cell.base_image), cell.python, cell.pip, cell.os_packages
+    return req.base_image, cell.python, cell.pip, cell.os_packages
 
 
 def torch_stage_key(req: BuildRequest) -> tuple:
     """What the `torch` stage depends on: the flavours of a cell share it."""
     cell = req.cell
-    return base_stage_key(req), cell.torch_pin, cell.companions, index_url(req), cell.pre
+    return base_stage_key(req), cell.torch_pin, cell.companions, req.index_url, cell.pre
 
 
 def shared_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
@@ -141,11 +95,11 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
             listener(req.cell.name, None, "content tag present: skipped (--force rebuilds)")
             pending.append(skipped)
             continue
-        for image in dict.fromkeys(base_images(req)):
+        for image in dict.fromkeys(req.base_images):
             engine.ensure_base(client, image, req.cell)
-        if index_url(req) not in probed:
-            check_index(index_url(req), req.cell)
-            probed.add(index_url(req))
+        if req.index_url not in probed:
+            check_index(req.index_url, req.cell)
+            probed.add(req.index_url)
         pending.append(req)
     todo = [item for item in pending if isinstance(item, BuildRequest)]
     if jobs > 1:

@@ -25,6 +25,10 @@ from typing import Callable, Iterator
 
 import docker
 from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
+from gpumatrix import engine, lockfile
+from gpumatrix.project import write_atomic
 
 RECIPE_VERSION = "1"
 SUITE = "bookworm"
@@ -78,7 +82,7 @@ def ensure_standin_base(
     ca_bytes = host_ca_bundle().read_bytes()
     key = standin_key(ca_bytes)
     tag = f"{REPOSITORY}:{SUITE}-{key}"
-    if _image_exists(client, tag):
+    if engine.present(client, tag) is not None:
         log(f"stand-in base {tag}: cache hit")
         return tag
     if shutil.which("debootstrap") is None:
@@ -93,14 +97,6 @@ def ensure_standin_base(
         shutil.rmtree(rootfs, ignore_errors=True)
     log(f"stand-in base {tag}: built")
     return tag
-
-
-def _image_exists(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 def _debootstrap(rootfs: pathlib.Path, log: Log) -> None:
@@ -175,20 +171,27 @@ def _chunks(stream, size: int = 1 << 20) -> Iterator[bytes]:
 # --- loopback wheel index --------------------------------------------------
 
 
-CPU_TORCH = "torch==2.13.0"
-CPU_LOCK = pathlib.Path(__file__).resolve().parents[1] / "locks" / "cpu-py3.11-torch2.13.0.txt"
+def index_requirements(lock: pathlib.Path) -> list[str]:
+    """What a loopback index must hold for the cell whose lock is `lock`: torch plus the other torch-stage pins.
 
-
-def cpu_index_requirements(lock: pathlib.Path = CPU_LOCK) -> list[str]:
-    """torch for the CPU cell plus its dependencies at the versions the committed lock records for the torch stage.
-
-    Filled with bare `torch==2.13.0`, the index would take the newest filelock, fsspec, ... from PyPI on the day it is
-    filled, and the torch stage would drift from the committed lock's torch-stage lines with the next release of any
-    of them (the image checks then fail, rightly). The real PyTorch index serves copies that do not move like that.
+    The lock's `# torch-stage:` header lines (read with the product's reader, lockfile.torch_stage_pins) name what
+    the torch stage installs. torch is asked for by its public version (`torch==2.13.0` for a lock's 2.13.0+cpu):
+    that specifier matches the 2.13.0+cpu wheel on local disk that `pip download` in LoopbackIndex.fill finds, as
+    well as an unlabelled wheel that fill(local_version=...) relabels. The others are pinned at the lock's versions:
+    filled with bare `torch==2.13.0`, the index would take the newest filelock, fsspec, ... from PyPI on the day it
+    is filled, and the torch stage would drift from the lock's torch-stage lines with the next release of any of
+    them (the image checks then fail, rightly). The real PyTorch index serves copies that do not move like that.
     """
-    pins = [line.removeprefix("# torch-stage: ").strip() for line in lock.read_text().splitlines()
-            if line.startswith("# torch-stage: ")]
-    return [CPU_TORCH, *(pin for pin in pins if not pin.lower().startswith("torch=="))]
+    try:
+        pins = lockfile.torch_stage_pins(lock.read_text())
+    except OSError as exc:
+        raise StandinError(f"cannot read the lock {lock}: {exc.strerror or exc}") from None
+    torch = [version for name, version in pins.items() if canonicalize_name(name) == "torch"]
+    if not torch:
+        raise StandinError(f"{lock} has no `# torch-stage: torch==...` line; is it a gpumatrix lock?")
+    public = Version(torch[0]).public
+    return [f"torch=={public}",
+            *(f"{name}=={version}" for name, version in pins.items() if canonicalize_name(name) != "torch")]
 
 
 class LoopbackIndex:
@@ -279,10 +282,10 @@ class LoopbackIndex:
         for name, wheels in projects.items():
             links = [_anchor(f"../../files/{w.name}#sha256={_sha256(w)}", w.name)
                      for w in wheels]
-            _write_atomic(self.root / "simple" / name / "index.html",
+            write_atomic(self.root / "simple" / name / "index.html",
                           _page(f"Links for {name}", links))
         root_links = [_anchor(f"{name}/", name) for name in sorted(projects)]
-        _write_atomic(self.root / "simple" / "index.html",
+        write_atomic(self.root / "simple" / "index.html",
                       _page("Simple index", root_links))
 
     def start(self) -> str:
@@ -361,38 +364,30 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 # --- CLI -------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpumatrix.standins")
+    parser = argparse.ArgumentParser(prog="python -m devtools.standins")
     commands = parser.add_subparsers(dest="command", required=True)
     base = commands.add_parser("base", help="ensure the stand-in base image")
     base.add_argument("--cache-dir", type=pathlib.Path, default=pathlib.Path(".cache"))
     index = commands.add_parser("index", help="fill and serve a loopback wheel index")
     index.add_argument("--root", type=pathlib.Path, required=True)
     index.add_argument("--port", type=int, default=0)
-    index.add_argument("requirements", nargs="+", metavar="REQ")
+    index.add_argument("--lock", type=pathlib.Path, metavar="LOCK",
+                       help="a cell's lock (locks/<cell>.txt): hold its torch and torch-stage pins too")
+    index.add_argument("requirements", nargs="*", metavar="REQ")
     args = parser.parse_args(argv)
+    if args.command == "index" and not (args.requirements or args.lock):
+        parser.error("index: give --lock LOCK or at least one REQ")
     try:
         if args.command == "base":
             to_stderr = functools.partial(print, file=sys.stderr)  # stdout: the tag only
             print(ensure_standin_base(docker.from_env(), args.cache_dir, log=to_stderr))
         else:
-            _serve_forever(args.root, args.port, args.requirements)
+            from_lock = index_requirements(args.lock) if args.lock else []
+            _serve_forever(args.root, args.port, [*from_lock, *args.requirements])
     except StandinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
