@@ -53,7 +53,7 @@ bases-check: venv
 	$(BUILD) bases --check $(if $(ONLINE),--online)
 
 .PHONY: test-image
-# The image checks (tests/image) on the cell's image: GPU=1 / GPU=0 force the GPU checks on or off (default: on when
+# The image checks (gpumatrix/imagechecks) on the cell's image: GPU=1 / GPU=0 force the GPU checks on or off (default: on when
 # the engine has an nvidia runtime), LOCAL=1 checks this host's Python instead, ALL=1 every matching cell.
 test-image: venv
 	$(BUILD) test $(FILTERS) $(if $(ALL),--all) $(if $(filter 1,$(GPU)),--gpu) $(if $(filter 0,$(GPU)),--no-gpu) \

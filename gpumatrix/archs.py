@@ -1,6 +1,6 @@
 """GPU architectures: the one rule for whether code compiled for some archs runs on a GPU.
 
-`make doctor` and the image checks (tests/image) both ask this module, so the rule exists once:
+`make doctor` and the image checks (gpumatrix/imagechecks) both ask this module, so the rule exists once:
 
 - SASS (``sm_XY``) runs on GPUs of the same major with minor >= Y: sm_86 code runs on an sm_89 GPU (Ada).
 - PTX (``compute_XY``) is JIT-compiled by the driver for any GPU >= XY.

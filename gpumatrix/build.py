@@ -15,7 +15,7 @@ from .engine import BuildOutcome, Listener
 from .errors import UsageError
 from .lockfile import verified_lock
 from .parallel import run_parallel
-from .project import Project, write_atomic
+from .project import Project, read_input, write_atomic
 from .secrets import redact
 from .render import content_tag, environment
 from .request import BuildOverrides, BuildRequest, request_for
@@ -116,6 +116,35 @@ def _build_one(req: BuildRequest, listener: Listener) -> BuildOutcome:
     except UsageError as exc:
         return BuildOutcome(req.cell.name, "failed", req.tags, error=str(exc))
     return engine.build(client, req, listener)
+
+
+MAX_BUILD_RECORDS = 500  # builds.json keeps the newest; an image older than that is tested against its cell's bases
+
+
+def record_bases(project: Project, requests: list[BuildRequest], outcomes: list[BuildOutcome]) -> None:
+    """Remember, by image id, the bases each image was built on (--base-image/--runtime-image included), so the
+    image checks expect the labels of this build without being given the overrides again."""
+    records = read_build_records(project)
+    for req, outcome in zip(requests, outcomes):
+        if outcome.image_id:
+            records.pop(outcome.image_id, None)
+            records[outcome.image_id] = {"cell": req.cell.name, "base_image": req.base_image,
+                                         "runtime_image": req.runtime_image}
+    newest = dict(list(records.items())[-MAX_BUILD_RECORDS:])
+    write_atomic(project.build_records, json.dumps(newest, indent=2) + "\n")
+
+
+def read_build_records(project: Project) -> dict[str, dict]:
+    """image id -> {"cell", "base_image", "runtime_image"}; empty when there are none or the file is no such record
+    (it is gpumatrix's own output, rewritten by the next build)."""
+    try:
+        data = json.loads(read_input(project.build_records, "build records"))
+    except (UsageError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and all(
+        isinstance(v.get(f), str) for f in ("cell", "base_image", "runtime_image"))}
 
 
 def write_report(path: Path, outcomes: list[BuildOutcome]) -> None:

@@ -20,7 +20,7 @@ from .project import Project, read_input, write_atomic
 from .render import environment, render_all
 from .lock import lock_cells
 from .lockfile import check_all
-from .build import prepare, run_builds, write_report
+from .build import prepare, record_bases, run_builds, write_report
 from .request import BuildOverrides, request_for
 from .secrets import has_credentials
 from .select import Filters, choose_one, select
@@ -104,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(run=cmd_lock)
 
-    p = sub.add_parser("test", help="run the image checks (tests/image) on one cell's image, or every match with --all")
+    p = sub.add_parser("test", help="run the image checks (gpumatrix/imagechecks) on one cell's image, or every match with --all")
     _add_filters(p)
     p.add_argument("--all", action="store_true", help="test every cell that matches the filters")
     gpu = p.add_mutually_exclusive_group()
@@ -287,6 +287,7 @@ def cmd_build(args) -> int:
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
         outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
     write_report(report_path, outcomes)
+    record_bases(project, requests, outcomes)
     report.build_summary(outcomes)
     report.info(f"build report: {report_path}")
     for o in outcomes:

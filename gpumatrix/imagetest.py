@@ -1,4 +1,4 @@
-"""The test step: run the image suite (tests/image, pytest-testinfra) against each cell's image.
+"""The test step: run the image checks (gpumatrix/imagechecks, pytest-testinfra) against each cell's image.
 
 Per cell: write what the image's name promises (an expectations JSON), start a container of the image through
 the docker SDK (entrypoint overridden, `sleep infinity`, GPUs when asked), run the suite with testinfra's docker
@@ -9,7 +9,7 @@ Results, per cell, under out/tests/ (the push step reads the JSON):
   <cell>.json         {"cell", "image", "image_id", "passed", "gpu", "junit", "summary", ...} (written last, atomically)
   <cell>.xml          JUnit XML of the suite
   <cell>.md           a short Markdown summary (for CI step summaries)
-  <cell>.expect.json  the expectations the suite ran with (rerun by hand: pytest tests/image --expect ...)
+  <cell>.expect.json  the expectations the suite ran with (rerun by hand: pytest gpumatrix/imagechecks --expect ...)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,13 +30,14 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 
 from . import engine, layout
+from .build import read_build_records
 from .cells import Cell
 from .errors import UsageError
 from .lockfile import pinned, torch_stage_pins
 from .project import MAX_INPUT_BYTES, Project, write_atomic
 from .request import BuildOverrides, build_args_for, resolved_labels
 
-SUITE = Path(__file__).resolve().parents[1] / "tests" / "image"
+SUITE = Path(__file__).resolve().parent / "imagechecks"  # package data: installed with the tool
 GPU_TEST_FILE = "test_gpu"
 HOST_PARAM = re.compile(r"\[(local|(docker|local)://[^\]]*)\]$")  # testinfra's per-host parametrisation of test ids
 
@@ -108,7 +109,7 @@ def runtime_base_env(client, cell: Cell, options: Options) -> dict[str, str] | N
 
 
 def cell_facts(cell: Cell, image_name: str, options: Options, base_env: dict[str, str] | None) -> dict:
-    """The cell's facts, from which tests/image states on its own the labels and env an image must carry. The suite
+    """The cell's facts, from which the image checks state on its own the labels and env an image must carry. The suite
     does not read the expectations' "labels" and "env": render.labels and layout.RUNTIME_ENV wrote those, and the same
     code wrote the image's, so a mistake there would pass."""
     return {
@@ -332,8 +333,22 @@ def run_cells(project: Project, image_name: str, cells: list[Cell], options: Opt
                            f"(make image CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch})")
     if missing:
         raise UsageError("\n".join(missing))
-    return [_run_cell(project, image_name, cell, locks[cell.name], options, out, log, client=client,
-                      image=images[cell.name], python_exe="python") for cell in cells]
+    built = read_build_records(project)
+    return [_run_cell(project, image_name, cell, locks[cell.name],
+                      _with_bases_built_on(options, built.get(images[cell.name].id), cell, log),
+                      out, log, client=client, image=images[cell.name], python_exe="python") for cell in cells]
+
+
+def _with_bases_built_on(options: Options, record: dict | None, cell: Cell, log: Log) -> Options:
+    """The bases the image was built on (the build's records, by image id) unless --base-image/--runtime-image say."""
+    if record is None or record["cell"] != cell.name:
+        return options
+    chosen = replace(options, base_image=options.base_image or record["base_image"],
+                     runtime_image=options.runtime_image or record["runtime_image"])
+    if (chosen.base_image, chosen.runtime_image) != (cell.base_image, cell.runtime_image):
+        log(f"{cell.name}: built on {chosen.base_image} / {chosen.runtime_image} (the build's records, "
+            "out/builds.json); the labels must name these")
+    return chosen
 
 
 def _run_cell(project, image_name, cell, lock, options, out: Path, log: Log, *, client, image, python_exe) -> CellResult:

@@ -51,6 +51,11 @@ class Project:
     def lock(self, cell_name: str) -> Path:
         return self.locks / f"{cell_name}.txt"
 
+    @property
+    def build_records(self) -> Path:
+        """Written by `build.py build`, read by `build.py test`: the bases each image id was built on."""
+        return self.out / "builds.json"
+
     def test_record(self, cell_name: str, out: Path | None = None) -> Path:
         """Written by `build.py test`, read by `build.py push`: did this image id pass its checks?"""
         return (out or self.out / "tests") / f"{cell_name}.json"

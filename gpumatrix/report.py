@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -19,8 +20,18 @@ class _Console(Console):
         super().print(*(redact(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
-out = _Console(highlight=False, soft_wrap=True)
-err = _Console(stderr=True, highlight=False, soft_wrap=True)
+def _width(stream) -> int | None:
+    """A terminal's own width. Elsewhere (a CI log, a file) rich would cut tables at 80 columns: take $COLUMNS when
+    it is set, else a width every table here fits in."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else NOT_A_TERMINAL_WIDTH
+
+
+NOT_A_TERMINAL_WIDTH = 250
+out = _Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = _Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def cell_record(cell: Cell, tags: list[str]) -> dict:

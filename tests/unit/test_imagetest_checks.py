@@ -16,7 +16,7 @@ from gpumatrix.cells import expand
 from gpumatrix.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("checklib", REPO / "tests" / "image" / "checklib.py")
+_spec = importlib.util.spec_from_file_location("checklib", REPO / "gpumatrix" / "imagechecks" / "checklib.py")
 checklib = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(checklib)
 
@@ -199,11 +199,11 @@ def tool_expectations(shipped_cells, name: str, image_labels: dict, image_env: l
 
 
 def run_metadata_checks(expect: dict, tmp_path: Path) -> dict[str, dict]:
-    """tests/image's metadata and cell-facts checks, run as `build.py test` runs the suite, on `expect`'s inspect.
+    """The image checks' metadata and cell-facts checks, run as `build.py test` runs the suite, on `expect`'s inspect.
     They read only the expectations, so testinfra's local backend stands in for a container."""
     path, junit = tmp_path / "expect.json", tmp_path / "metadata.xml"
     path.write_text(json.dumps(expect))
-    suite = REPO / "tests" / "image"
+    suite = REPO / "gpumatrix" / "imagechecks"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", str(suite / "test_metadata.py"),
          f"{suite / 'test_versions.py'}::test_cell_facts_agree_with_the_cell_name", "--hosts=local://",
@@ -345,10 +345,10 @@ def test_fallback_junit_is_readable(tmp_path):
 
 
 def test_the_suite_refuses_to_run_without_expect():
-    result = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "tests" / "image"), "-p", "no:cacheprovider"],
+    result = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "gpumatrix" / "imagechecks"), "-p", "no:cacheprovider"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 4
-    assert "tests/image checks one built image and needs --expect PATH" in result.stderr
+    assert "the image checks (gpumatrix/imagechecks) check one built image and need --expect PATH" in result.stderr
 
 
 def test_make_test_does_not_collect_the_image_suite():

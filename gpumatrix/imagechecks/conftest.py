@@ -3,8 +3,8 @@
 Run it through `python build.py test` / `make test-image`, which write the expectations file and start and
 remove the container. By hand:
 
-    pytest tests/image --hosts=docker://<container> --expect out/tests/<cell>.expect.json
-    pytest tests/image --hosts=local:// --expect <file>      # this host's Python (expect["python_exe"])
+    pytest gpumatrix/imagechecks --hosts=docker://<container> --expect out/tests/<cell>.expect.json
+    pytest gpumatrix/imagechecks --hosts=local:// --expect <file>      # this host's Python (expect["python_exe"])
 
 The expectations file (JSON, written by gpumatrix.imagetest) says what the image's name promises: the cell's
 Python, torch pin, companions, wheel CUDA, target archs, the lock (torch-stage lines and pinned requirements),
@@ -40,7 +40,7 @@ def pytest_configure(config):
         expect = None
     if not expect:
         raise pytest.UsageError(
-            "tests/image checks one built image and needs --expect PATH (the cell's expectations); "
+            "the image checks (gpumatrix/imagechecks) check one built image and need --expect PATH (the cell's expectations); "
             "run it with `python build.py test [--cuda ..]` or `make test-image CUDA=..`, "
             "not as part of `pytest tests` (make test runs tests/unit and tests/integration only)"
         )

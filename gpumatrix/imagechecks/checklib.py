@@ -79,7 +79,7 @@ def tail(result, lines: int = 15) -> str:
 
 # --- what the image's metadata must say, stated here from the cell's facts ------------------------------------------
 # These are the promises of the README ("The rendered Dockerfile", "Image checks"), written out on their own: nothing
-# here comes from gpumatrix.render.labels or gpumatrix.imagetest.RUNTIME_ENV, which wrote the image's labels and env,
+# here comes from gpumatrix.render.labels or gpumatrix.layout, which gave the image its labels, paths and env,
 # so a mistake there fails the checks instead of being expected.
 
 CELL_NAME = re.compile(
