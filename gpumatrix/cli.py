@@ -293,10 +293,17 @@ def cmd_build(args) -> int:
     for o in outcomes:
         if o.status != "failed":
             report.info(f"{o.cell}: {' '.join(o.tags)}")
-    failed = [o.cell for o in outcomes if o.status == "failed"]
-    if failed:
-        raise WorkFailed(f"{len(failed)} of {len(outcomes)} cells failed: {', '.join(failed)}")
+    _fail_if_any([o.cell for o in outcomes if o.status == "failed"], len(outcomes), "cells failed")
     return 0
+
+
+ONE_IMAGE_ONLY = "--image names one image, but {count} cells match: narrow the filters to one cell"
+
+
+def _fail_if_any(failed: list[str], total: int, what: str) -> None:
+    """Exit 1 naming every cell whose work failed (the others' results are written already)."""
+    if failed:
+        raise WorkFailed(f"{len(failed)} of {total} {what}: {', '.join(failed)}")
 
 
 def _refuse_directory(path: Path, option: str) -> None:
@@ -339,9 +346,7 @@ def cmd_lock(args) -> int:
             report.problem(f"{r.cell}: {r.error}")
         else:
             report.info(f"{r.cell}: wrote {r.path.relative_to(project.root)}")
-    failed = [r.cell for r in results if r.error]
-    if failed:
-        raise WorkFailed(f"{len(failed)} of {len(results)} locks failed: {', '.join(failed)}")
+    _fail_if_any([r.cell for r in results if r.error], len(results), "locks failed")
     return 0
 
 
@@ -351,7 +356,7 @@ def cmd_test(args) -> int:
     project, expansion = load(args.matrix)
     cells = chosen_cells(args, expansion, "testing")
     if args.image and len(cells) != 1:
-        raise UsageError(f"--image names one image, but {len(cells)} cells match: narrow the filters to one cell")
+        raise UsageError(ONE_IMAGE_ONLY.format(count=len(cells)))
     if args.interpreter and not args.local:
         raise UsageError("--interpreter goes with --local (the image's own Python is checked otherwise)")
     if args.local and args.image:
@@ -366,9 +371,7 @@ def cmd_test(args) -> int:
                     f"{r.junit}, {r.summary}")
         for f in r.failures:
             report.problem(f"{r.cell}: {f['check']}: {f['message'].splitlines()[0]}")
-    failed = [r.cell for r in results if not r.passed]
-    if failed:
-        raise WorkFailed(f"{len(failed)} of {len(results)} cells failed the image checks: {', '.join(failed)}")
+    _fail_if_any([r.cell for r in results if not r.passed], len(results), "cells failed the image checks")
     return 0
 
 
@@ -378,7 +381,7 @@ def cmd_sbom(args) -> int:
     project, expansion = load(args.matrix)
     cells = chosen_cells(args, expansion, "SBOM of")
     if args.image and len(cells) != 1:
-        raise UsageError(f"--image names one image, but {len(cells)} cells match: narrow the filters to one cell")
+        raise UsageError(ONE_IMAGE_ONLY.format(count=len(cells)))
     out = args.out or project.out / "sbom"
     results = sbom.run_cells(engine.connect(), cells, args.image, out, report.info)
     for r in results:
@@ -387,9 +390,7 @@ def cmd_sbom(args) -> int:
         else:
             report.info(f"{r.cell}: wrote {project.relative(r.path)} ({r.components} components) "
                         f"of image {r.image_id[7:19]}")
-    failed = [r.cell for r in results if r.error]
-    if failed:
-        raise WorkFailed(f"{len(failed)} of {len(results)} SBOMs failed: {', '.join(failed)}")
+    _fail_if_any([r.cell for r in results if r.error], len(results), "SBOMs failed")
     return 0
 
 
@@ -407,9 +408,7 @@ def cmd_push(args) -> int:
         else:
             report.problem(f"{o.cell}: {o.error}")
     report.info(f"catalog: {catalog_dir / 'images.json'}, {catalog_dir / 'images.md'}")
-    failed = [o.cell for o in outcomes if o.status != "pushed"]
-    if failed:
-        raise WorkFailed(f"{len(failed)} of {len(outcomes)} pushes failed: {', '.join(failed)}")
+    _fail_if_any([o.cell for o in outcomes if o.status != "pushed"], len(outcomes), "pushes failed")
     return 0
 
 
