@@ -34,6 +34,7 @@ from .build import read_build_records
 from .cells import Cell
 from .errors import UsageError
 from .lockfile import pinned, torch_stage_pins
+from .select import cell_filters
 from .project import MAX_INPUT_BYTES, Project, write_atomic
 from .request import BuildOverrides, build_args_for, resolved_labels
 
@@ -330,7 +331,7 @@ def run_cells(project: Project, image_name: str, cells: list[Cell], options: Opt
             images[cell.name] = client.images.get(refs[cell.name])
         except ImageNotFound:
             missing.append(f"{cell.name}: no image {refs[cell.name]} on the engine; build it first "
-                           f"(make image CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch})")
+                           f"(make image {cell_filters(cell)[1]})")
     if missing:
         raise UsageError("\n".join(missing))
     built = read_build_records(project)

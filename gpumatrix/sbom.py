@@ -38,6 +38,7 @@ from packaging.utils import canonicalize_name
 from . import engine, layout
 from .cells import Cell
 from .errors import UsageError, WorkFailed
+from .select import cell_filters
 from .project import Project, write_atomic
 
 # 1.6, not the library's newest 1.7: the scanners people point at these files (grype, trivy) read 1.6.
@@ -324,7 +325,7 @@ def find_images(client, cells: list[Cell], image_ref: str | None) -> dict[str, t
             found[cell.name] = (ref, client.images.get(ref))
         except ImageNotFound:
             missing.append(f"{cell.name}: no image {ref} on the engine; build it first "
-                           f"(make image CUDA={cell.cuda} PYTHON={cell.python} TORCH={cell.torch})")
+                           f"(make image {cell_filters(cell)[1]})")
     if missing:
         raise UsageError("\n".join(missing))
     return found
