@@ -9,6 +9,8 @@ exit 1 and names the step; no Docker engine is exit 2.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from gpumatrix.select import Filters, choose_one
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
-REGISTRY_DIR = CACHE / "demo-registry"  # docker-registry's config, log and storage (kept between runs)
+REGISTRY_DIR = CACHE / "demo-registry"  # docker-registry's config, log and storage (the last run's stay)
 REGISTRY_NAMESPACE = "demo"
 
 
@@ -88,14 +90,18 @@ def run(client: docker.DockerClient) -> None:
 
     make("test-image", "test-image", "CUDA=cpu")
 
-    REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(REGISTRY_DIR, ignore_errors=True)  # the last run's registry (another port) is of no use now
+    REGISTRY_DIR.mkdir(parents=True)
     try:
         registry = Registry(REGISTRY_DIR, REGISTRY_DIR / "storage")
     except (OSError, RuntimeError) as exc:
         raise StepFailed(f"step registry failed: {exc}") from None
-    with registry:
-        log(f"loopback registry {registry.url} (docker-registry; log {registry.log})")
+    try:
+        log(f"loopback registry {registry.url} (docker-registry; log {project.relative(registry.log)})")
         make("push", "push", "CUDA=cpu", f"REGISTRY={registry.addr}/{REGISTRY_NAMESPACE}")
+    finally:
+        registry.stop()
+        untag_registry(client, registry.addr)
 
     image = cell.tags[0]
     try:
@@ -105,6 +111,16 @@ def run(client: docker.DockerClient) -> None:
         raise StepFailed(f"step versions failed: {image}: {exc}") from None
     log(f"{image}: {shown.decode().strip()}")
     show_results(project, cell)
+
+
+def untag_registry(client: docker.DockerClient, addr: str) -> None:
+    """Drop the local tags `make push` gave the image for the loopback registry: it is gone after the demo."""
+    try:
+        tags = [t for image in client.images.list() for t in image.tags if t.startswith(f"{addr}/")]
+        for tag in tags:
+            client.images.remove(tag, noprune=True)  # the image keeps its own tags
+    except docker.errors.DockerException as exc:
+        log(f"could not drop the tags for {addr}: {exc}")
 
 
 def show_results(project: Project, cell: Cell) -> None:
@@ -124,13 +140,22 @@ def show_results(project: Project, cell: Cell) -> None:
         "SBOM": [sboms / f"{cell.name}.cdx.json"],
         "catalog": [catalog_dir / "images.json", catalog_dir / "images.md"],
     }
-    log(f"{'image tags:':14} {', '.join(cell.tags)}")
+    log(f"{'image tags:':14} {', '.join(built_tags(out / 'build-report.json', cell))}")
     for what, paths in files.items():
         log(f"{what + ':':14} {', '.join(project.relative(p) for p in paths)}")
     log(f"{'pushed:':14} {entry['reference']} (the registry is stopped now)")
     missing = [project.relative(p) for paths in files.values() for p in paths if not p.is_file()]
     if missing:
         raise StepFailed(f"step results failed: not written: {', '.join(missing)}")
+
+
+def built_tags(report: Path, cell: Cell) -> list[str]:
+    """The tags the build report gives the cell's image (the cell's tag and its content tag)."""
+    try:
+        records = json.loads(report.read_text())["cells"]
+        return next(r["tags"] for r in records if r["cell"] == cell.name)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise StepFailed(f"step results failed: {report} has no tags for {cell.name} ({exc!r})") from None
 
 
 if __name__ == "__main__":
