@@ -33,6 +33,7 @@ from packaging.version import Version  # noqa: E402
 from gpumatrix import engine  # noqa: E402
 from gpumatrix.cells import DEFAULT_SETTINGS  # noqa: E402
 from gpumatrix.errors import UsageError  # noqa: E402
+from gpumatrix.lockfile import pinned  # noqa: E402
 from devtools.standins import LoopbackIndex, StandinError, ensure_standin_base, index_requirements  # noqa: E402
 
 CACHE = ROOT / ".cache"
@@ -260,7 +261,7 @@ def naive_requirements(mode: Mode, project: Path) -> str:
     """torch again, then the app packages: the lock's names (CPU, as measured before) or the .in lines (CUDA)."""
     if mode is CPU:
         lock = (project / "locks" / f"{mode.cell}.txt").read_text()
-        names = [line.split(" ")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")]
+        names = [f"{name}=={version}" for name, version in pinned(lock).items()]
     else:
         source = (ROOT / "requirements" / f"{mode.layer}.in").read_text()
         names = [line.strip() for line in source.splitlines() if line.strip() and not line.startswith("#")]
