@@ -30,7 +30,7 @@ import docker  # noqa: E402
 from packaging.utils import canonicalize_name, parse_wheel_filename  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
-from gpumatrix import engine  # noqa: E402
+from gpumatrix import engine, layout  # noqa: E402
 from gpumatrix.cells import DEFAULT_SETTINGS  # noqa: E402
 from gpumatrix.errors import UsageError  # noqa: E402
 from gpumatrix.lockfile import pinned  # noqa: E402
@@ -218,8 +218,8 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
     image = client.images.get(image_ref)
     # du's own total: mawk prints a sum over 2^31 as 6.5e+09
-    env_bytes = int(client.containers.run(image_ref, ["bash", "-c", "du -sbc /opt/venv /opt/gpumatrix | tail -1 | cut -f1"],
-                                          remove=True, network_mode="none").decode())
+    du = f"du -sbc {layout.VENV} {layout.STATE_DIR} | tail -1 | cut -f1"
+    env_bytes = int(client.containers.run(image_ref, ["bash", "-c", du], remove=True, network_mode="none").decode())
     base_bytes = client.images.get(runtime_base).attrs["Size"]
     size = image.attrs["Size"]
     row("final image / (environment + runtime base)", size / (env_bytes + base_bytes),
@@ -373,7 +373,7 @@ def installer_script(tool: str, index: str) -> str:
             + "python -m venv /tmp/e && source /tmp/e/bin/activate && date +%s.%N && "
             f"{pip} install -q{compile_flag} --index-url {index} torch==2.13.0+cpu && date +%s.%N && "
             "pip freeze --exclude pip > /tmp/c.txt && "
-            f"{pip} install -q{compile_flag}{no_deps} --require-hashes -c /tmp/c.txt -r /opt/gpumatrix/app.lock && date +%s.%N && "
+            f"{pip} install -q{compile_flag}{no_deps} --require-hashes -c /tmp/c.txt -r {layout.LOCK_IN_IMAGE} && date +%s.%N && "
             "pip check >/dev/null")
 
 
