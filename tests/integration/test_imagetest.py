@@ -21,7 +21,7 @@ import docker
 import pytest
 
 from devtools.standins import WHEEL_PLATFORMS, LoopbackIndex, StandinError
-from gpumatrix import imagetest
+from gpumatrix import engine, imagetest
 from support.cli import cli, start
 from support.containers import product_containers
 from support.projects import REPO, WITH_LOCKS, copy_project
@@ -75,10 +75,11 @@ def cpu_image(project, stand_ins, docker_client) -> str:
 
 
 def test_the_suite_is_not_collected_without_expect():
-    result = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "tests" / "image"), "-p", "no:cacheprovider"],
+    suite = REPO / "gpumatrix" / "imagechecks"
+    result = subprocess.run([sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 4, result.stdout + result.stderr
-    assert "needs --expect PATH" in result.stderr and "build.py test" in result.stderr
+    assert "need --expect PATH" in result.stderr and "build.py test" in result.stderr
 
 
 def test_good_image_passes_and_writes_the_results(project, bases, cpu_image, docker_client):
@@ -263,7 +264,7 @@ def test_wrong_label_and_env_fail_although_the_tools_own_expectations_agree(proj
         assert expect["labels"]["io.gpumatrix.torch"] == "2.4.1+cu124"
         agreeing = tmp_path / "agreeing.expect.json"
         agreeing.write_text(json.dumps(expect))
-        with imagetest.container_for(docker_client, image.id, type("Cell", (), {"name": CELL})(), gpu=False) as box:
+        with engine.container(docker_client, image.id, type("Cell", (), {"name": CELL})(), "imagetest") as box:
             code = imagetest.run_suite(f"docker://{box.id}", agreeing, tmp_path / "agreeing.xml")
         assert code == 1
         cases = {c["name"]: c for c in imagetest.parse_junit(tmp_path / "agreeing.xml")}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from devtools.standins import LoopbackIndex
-from gpumatrix import imagetest
+from gpumatrix import engine, imagetest
 from support.cli import cli
 from support.containers import product_containers
 from support.projects import copy_project, matrix_text
@@ -94,14 +94,14 @@ def test_cuda13_cell_with_pypi_torch_relabelled_cu130_by_the_test_passes_without
 
 @pytest.mark.slow
 def test_cuda13_copy_claiming_sm70_fails_the_arch_check(cu130_project, docker_client, tmp_path):
-    """The same code path as `build.py test` (container_for + run_suite), with sm_70 added to the expectations."""
+    """The same code path as `build.py test` (engine.container + run_suite), with sm_70 added to the expectations."""
     expect = json.loads((cu130_project / "out" / "tests" / f"{CU130_CELL}.expect.json").read_text())
     expect["archs"] = ["sm_70", *expect["archs"]]
     edited = tmp_path / "sm70.expect.json"
     edited.write_text(json.dumps(expect))
     image = docker_client.images.get(expect["image"])
     cell = type("CellName", (), {"name": CU130_CELL})()
-    with imagetest.container_for(docker_client, image.id, cell, gpu=False) as container:
+    with engine.container(docker_client, image.id, cell, "imagetest") as container:
         code = imagetest.run_suite(f"docker://{container.id}", edited, tmp_path / "sm70.xml")
     assert code == 1
     cases = {c["name"]: c for c in imagetest.parse_junit(tmp_path / "sm70.xml")}

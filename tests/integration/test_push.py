@@ -37,7 +37,7 @@ INDEX_USER, INDEX_TOKEN = "index-bot", "idx-T0ken-4c9e1f"  # the loopback index 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("push-project"), (*WITH_LOCKS, "tests/image"), registry=OWN_REGISTRY)
+    return copy_project(tmp_path_factory.mktemp("push-project"), WITH_LOCKS, registry=OWN_REGISTRY)
 
 
 @pytest.fixture(scope="module")

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from gpumatrix.cells import Expansion, expand
 from gpumatrix.matrix import load_matrix
-from support.projects import ONE_CELL_MATRIX
-
-REPO = Path(__file__).resolve().parents[2]
-BUILD_PY = REPO / "build.py"
-
-# A small valid matrix; tests append sections to it or build their own with matrix_text().
-MINIMAL = ONE_CELL_MATRIX
-
-
-def matrix_text(
-    cuda=("12.8",),
-    python=("3.11",),
-    torch=("2.7.1",),
-    default_python="3.11",
-    default_torch: dict[str, str] | None = None,
-    extra: str = "",
-) -> str:
-    """A valid matrix document with the given axes; `extra` is appended verbatim (dedented)."""
-
-    def flow(values) -> str:
-        return "[" + ", ".join(f'"{v}"' for v in values) + "]"
-
-    head = (
-        "image: gpu-images\n"
-        "registry: ghcr.io/acme\n"
-        "axes:\n"
-        f"  cuda: {flow(cuda)}\n"
-        f"  python: {flow(python)}\n"
-        f"  torch: {flow(torch)}\n"
-        "defaults:\n"
-        f'  python: "{default_python}"\n'
-    )
-    if default_torch:
-        head += "  torch: {" + ", ".join(f'"{k}": "{v}"' for k, v in default_torch.items()) + "}\n"
-    return head + textwrap.dedent(extra)
+from support.cli import build_py
+from support.projects import REPO, copy_project, matrix_text
 
 
 def write_matrix(project_dir: Path, text: str, name: str = "matrix.yaml") -> Path:
@@ -58,13 +22,7 @@ def write_matrix(project_dir: Path, text: str, name: str = "matrix.yaml") -> Pat
 
 def make_project(dest: Path, with_docker: bool = False) -> Path:
     """Copy templates/, requirements/ and matrix.yaml (and optionally the rendered docker/) into dest."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "templates", dest / "templates")
-    shutil.copytree(REPO / "requirements", dest / "requirements")
-    shutil.copy2(REPO / "matrix.yaml", dest / "matrix.yaml")
-    if with_docker:
-        shutil.copytree(REPO / "docker", dest / "docker")
-    return dest
+    return copy_project(dest, ("templates", "requirements", *(["docker"] if with_docker else [])))
 
 
 @pytest.fixture
@@ -97,9 +55,7 @@ def snapshot(directory: Path) -> dict[str, bytes] | None:
 
 def run_build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run `python build.py ARGS` as a user would, capturing text output."""
-    return subprocess.run(
-        [sys.executable, str(BUILD_PY), *args], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    return build_py(*args, cwd=cwd, timeout=60)
 
 
 # The helpers as fixtures: test modules must not `import conftest` (tests/integration has one too).
@@ -110,39 +66,18 @@ def repo() -> Path:
     return REPO
 
 
-@pytest.fixture(scope="session", name="matrix_text")
-def _matrix_text_fixture():
-    return matrix_text
+def _helper_fixture(helper):
+    """A session fixture named like `helper` whose value is `helper`."""
+    return pytest.fixture(scope="session", name=helper.__name__)(lambda: helper)
 
 
-@pytest.fixture(scope="session", name="write_matrix")
-def _write_matrix_fixture():
-    return write_matrix
-
-
-@pytest.fixture(scope="session", name="expand_text")
-def _expand_text_fixture():
-    return expand_text
-
-
-@pytest.fixture(scope="session", name="expand_file")
-def _expand_file_fixture():
-    return expand_file
-
-
-@pytest.fixture(scope="session", name="snapshot")
-def _snapshot_fixture():
-    return snapshot
-
-
-@pytest.fixture(scope="session", name="run_build")
-def _run_build_fixture():
-    return run_build
-
-
-@pytest.fixture(scope="session", name="make_project")
-def _make_project_fixture():
-    return make_project
+_matrix_text_fixture = _helper_fixture(matrix_text)
+_write_matrix_fixture = _helper_fixture(write_matrix)
+_expand_text_fixture = _helper_fixture(expand_text)
+_expand_file_fixture = _helper_fixture(expand_file)
+_snapshot_fixture = _helper_fixture(snapshot)
+_run_build_fixture = _helper_fixture(run_build)
+_make_project_fixture = _helper_fixture(make_project)
 
 
 @pytest.fixture
