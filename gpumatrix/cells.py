@@ -65,6 +65,11 @@ class Cell:
         return self.cuda != "cpu"
 
     @property
+    def torch_stage_packages(self) -> tuple[tuple[str, str], ...]:
+        """(name, exact pin) of what the torch stage asks the torch index for: torch, then its companions."""
+        return (("torch", self.torch_pin), *self.companions)
+
+    @property
     def require_cuda(self) -> str | None:
         """The CUDA floor for NVIDIA_REQUIRE_CUDA: the higher of the base's and the wheel's CUDA."""
         if not self.is_cuda:

@@ -19,7 +19,7 @@ from .pipeline import load
 from .project import Project, read_input, write_atomic
 from .render import environment, render_all
 from .lock import lock_cells
-from .lockfile import check_all
+from .lockfile import check_all, read_lock, remake_reason
 from .build import prepare, record_bases, run_builds, write_report
 from .request import BuildOverrides, request_for
 from .secrets import has_credentials
@@ -94,13 +94,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show every build step's output")
     _add_overrides(p)
     p.add_argument("--report", type=Path, default=None, help="JSON build report (default out/build-report.json)")
+    p.add_argument("--locked", action="store_true",
+                   help="refuse a missing or stale lock instead of making it first (always so when CI is set)")
     p.set_defaults(run=cmd_build)
 
-    p = sub.add_parser("lock", help="pip-compile each cell's app layers inside its torch stage into locks/<cell>.txt")
+    p = sub.add_parser("lock", help="resolve each cell's torch stage from the torch index's metadata and pip-compile "
+                                    "its app layers against it into locks/<cell>.txt")
     _add_filters(p)
     p.add_argument("--check", action="store_true", help="compile nothing; exit 1 and name each stale or missing lock")
     p.add_argument("-j", "--jobs", type=_positive, default=2, help="cells locked in parallel (default 2)")
-    p.add_argument("-v", "--verbose", action="store_true", help="show the torch-stage build output")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the base-stage build output")
     _add_overrides(p)
     p.set_defaults(run=cmd_lock)
 
@@ -283,6 +286,8 @@ def cmd_build(args) -> int:
     _note_unpinned(cells, overrides)
     report_path = args.report or project.out / "build-report.json"
     _refuse_directory(report_path, "--report")
+    if not (args.locked or ci_is_set()):
+        _lock_first(project, expansion.matrix.image, cells, overrides, args.jobs, args.verbose)
     requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
         outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
@@ -338,16 +343,42 @@ def cmd_lock(args) -> int:
             return 1
         report.info(f"locks/ is up to date ({sum(1 for c in cells if c.layers)} locks)")
         return 0
-    overrides = overrides_of(args)
-    with report.BuildProgress([c.name for c in cells if c.layers], args.verbose) as progress:
-        results = lock_cells(project, expansion.matrix.image, cells, overrides, args.jobs, progress, report.info)
+    _run_locks(project, expansion.matrix.image, cells, overrides_of(args), args.jobs, args.verbose)
+    return 0
+
+
+def ci_is_set() -> bool:
+    """CI=true or CI=1 (any case): a CI run never makes a lock on its own, it refuses a missing or stale one."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def _lock_first(project, image: str, cells: list, overrides: BuildOverrides, jobs: int, verbose: bool) -> None:
+    """uv's and cargo's convention on a developer's machine: a missing or stale lock is made before the build, and
+    the build says so. A damaged lock is not replaced (it may hold someone's edits): the build refuses it."""
+    todo = []
+    for cell in cells:
+        why = remake_reason(project, cell, read_lock(project, cell)) if cell.layers else None
+        if why:
+            report.info(f"locking {cell.name}: {why}; commit {project.relative(project.lock(cell.name))}")
+            todo.append(cell)
+    if todo:
+        _run_locks(project, image, todo, overrides, jobs, verbose)
+
+
+def _run_locks(project, image: str, cells: list, overrides: BuildOverrides, jobs: int, verbose: bool) -> None:
+    """Lock the cells, one progress line each; every cell runs even when another fails. Exit 2 when a cell's .in
+    files ask for what cannot be, 1 when a lock failed otherwise."""
+    with report.BuildProgress([c.name for c in cells if c.layers], verbose) as progress:
+        results = lock_cells(project, image, cells, overrides, jobs, progress, report.info)
     for r in results:
         if r.error:
-            report.problem(f"{r.cell}: {r.error}")
+            report.problem(r.error if r.bad_input else f"{r.cell}: {r.error}")
         else:
             report.info(f"{r.cell}: wrote {r.path.relative_to(project.root)}")
+    refused = [r.cell for r in results if r.bad_input]
+    if refused:
+        raise UsageError(f"{len(refused)} of {len(results)} locks refused for their input: {', '.join(refused)}")
     _fail_if_any([r.cell for r in results if r.error], len(results), "locks failed")
-    return 0
 
 
 def cmd_test(args) -> int:

@@ -1,13 +1,18 @@
-"""The lock step: pip-compile each cell's app layers inside a container of that cell's torch stage.
+"""The lock step: pip-compile each cell's app layers against the torch stage that the build will install.
 
-The torch stage (torch, its companions and everything pip installed with them) is never part of a lock: it is
-computed from the stage's own `pip freeze` and passed to pip-compile as unsafe packages with --no-allow-unsafe.
+No torch is installed and no torch-stage image is built. In a container of the cell's `base` stage (its OS, its
+Python, its venv and its pip, without torch), pip resolves what the torch stage's `pip install` would install from the
+torch index's metadata (`pip install --dry-run --report`: PEP 658 metadata, no multi-GB wheel downloaded). That set,
+plus what the base venv already holds, is exactly the torch stage's freeze. pip-compile then resolves the app layers
+with that set as constraints and as unsafe packages (--no-allow-unsafe), so none of it is in the lock; the lock's
+header records it, and the build refuses a torch stage that differs from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shlex
@@ -15,6 +20,9 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from . import build, engine, layout
 from .cells import Cell
@@ -36,27 +44,76 @@ from .secrets import redact
 
 TOOLS = "/tmp/gpumatrix-tools"
 WORK = "/tmp/gpumatrix-lock"
+STAGE_REPORT = f"{WORK}/torch-stage.json"  # pip's installation report of the torch stage's dry run
+STAGE_CONSTRAINTS = f"{WORK}/torch-stage.txt"  # the torch stage's freeze as resolved, pip-compile's constraints
+
 
 @dataclass(frozen=True)
 class LockJob:
     cell: Cell
-    torch_image: str
+    base_image: str  # the cell's `base` stage: Python, venv and pip, no torch
     network: str | None
     index_url: str
 
 
 def compile_lock(client, project: Project, job: LockJob) -> str:
-    """Run pip-compile in a container of the torch stage and return the finished lock text."""
+    """Resolve the torch stage from the index's metadata, then pip-compile the app layers against it; return the
+    finished lock text."""
     container = _start(client, tools_image(client, job), job.network)
     try:
         container.put_archive("/", _inputs_tar(project, job.cell))
-        freeze = _exec(container, f"cat {layout.TORCH_CONSTRAINTS}", "read the torch-stage freeze")
-        torch_stage = [line for line in freeze.splitlines() if REQ_LINE.match(line)]
+        torch_stage = resolve_torch_stage(container, job)
+        refuse_conflicts(project, job, torch_stage)
+        container.put_archive("/", _file_tar(STAGE_CONSTRAINTS, "\n".join(torch_stage) + "\n"))
         _compile(container, project, job, torch_stage)
         body = _read_file(container, f"{WORK}/lock.txt")
     finally:
         _remove(container)
     return format_lock(job.cell, inputs_digest(project, job.cell), body, torch_stage)
+
+
+def resolve_torch_stage(container, job: LockJob) -> list[str]:
+    """`name==version` lines, sorted as `pip freeze` sorts them, of the environment the torch stage leaves: the base
+    venv's own packages, updated by what the stage's `pip install` would install (pip's dry-run report)."""
+    seeds = _exec(container, f"{layout.VENV_PYTHON} -m pip freeze --all --exclude pip", "read the base venv")
+    _exec(container, _dry_run_script(job), "resolve the torch stage from the torch index")
+    report = json.loads(_read_file(container, STAGE_REPORT))
+    stage = {canonicalize_name(m.group(1)): (m.group(1), m.group(3))
+             for m in map(REQ_LINE.match, seeds.splitlines()) if m}
+    for item in report.get("install", []):
+        meta = item["metadata"]
+        stage[canonicalize_name(meta["name"])] = (meta["name"], meta["version"])
+    return [f"{name}=={version}" for name, version in sorted(stage.values(), key=lambda nv: nv[0].lower())]
+
+
+def _dry_run_script(job: LockJob) -> str:
+    """The torch stage's own `pip install` (templates/Dockerfile.j2), as a dry run that writes pip's report."""
+    pins = [f"{name}=={pin}" for name, pin in job.cell.torch_stage_packages]
+    args = [layout.VENV_PYTHON, "-m", "pip", "install", "--dry-run", "--quiet", "--no-cache-dir",
+            "--report", STAGE_REPORT, "--index-url", job.index_url, *(["--pre"] if job.cell.pre else []), *pins]
+    return f"mkdir -p {WORK} && " + shlex.join(args)
+
+
+def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> None:
+    """An .in line that asks for another version of a package the torch stage installs can never be met: the torch
+    stage's version comes with torch from the torch index. Said as the user's input, exit 2, before pip-compile."""
+    versions = {canonicalize_name(m.group(1)): m.group(3) for m in map(REQ_LINE.match, torch_stage) if m}
+    found = []
+    for path, text in input_texts(project, job.cell).items():
+        for number, raw in enumerate(text.splitlines(), start=1):
+            try:
+                req = Requirement(raw.split(" #", 1)[0].strip())
+            except InvalidRequirement:
+                continue
+            have = versions.get(canonicalize_name(req.name))
+            if have is not None and not req.specifier.contains(have, prereleases=True):
+                found.append(f"{project.relative(path)}:{number}: {raw.strip()} conflicts with the torch stage: "
+                             f"torch {job.cell.torch_pin} comes with {req.name} {have} from the torch index "
+                             f"({redact(job.index_url)}), and the torch stage's versions are fixed (cell "
+                             f"{job.cell.name}); allow {have} in this line (see README, \"Locks\": a conflict "
+                             "with the torch stage)")
+    if found:
+        raise UsageError("\n".join(found))
 
 
 NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
@@ -75,6 +132,9 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
     try:
         output = _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
     except WorkFailed as exc:
+        conflict = explain_conflict(str(exc), job)
+        if conflict is not None:
+            raise UsageError(conflict) from None
         missing = NOT_FOUND.search(str(exc))
         if missing is None:
             raise
@@ -82,6 +142,23 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
         raise UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
                          f"or {redact(job.index_url)} (cell {job.cell.name})") from None
     _refuse_partial_answers(job, output)
+
+
+CONFLICT_CAUSES = re.compile(r"^The conflict is caused by:\n((?:[ \t]+\S.*\n?)+)", re.MULTILINE)
+
+
+def explain_conflict(output: str, job: LockJob) -> str | None:
+    """pip's "The conflict is caused by:" lines, without the traceback around them; None when pip found no conflict.
+    A `(constraint)` there is the torch stage: its versions come with torch from the torch index."""
+    found = CONFLICT_CAUSES.search(output)
+    if found is None:
+        return None
+    causes = [line.strip() for line in found.group(1).splitlines() if line.strip()][:8]
+    return (f"{job.cell.name}: the app layers cannot be resolved together with the torch stage:\n"
+            + "\n".join(f"  {line}" for line in causes)
+            + f"\n  (`The user requested (constraint)` is the torch stage: torch {job.cell.torch_pin} comes with "
+              f"those versions from the torch index {redact(job.index_url)}, and they are fixed; loosen the .in "
+              "lines that ask for others, see README \"Locks\")")
 
 
 def _refuse_partial_answers(job: LockJob, output: str) -> None:
@@ -96,12 +173,12 @@ def _refuse_partial_answers(job: LockJob, output: str) -> None:
 
 
 def tools_image(client, job: LockJob) -> str:
-    """The torch stage plus pip-tools in a venv of its own (never in the image's env), kept for the next lock."""
-    key = hashlib.sha256(f"{job.torch_image} {job.cell.pip} {PIP_TOOLS_VERSION}".encode()).hexdigest()[:16]
+    """The base stage plus pip-tools in a venv of its own (never in the image's env), kept for the next lock."""
+    key = hashlib.sha256(f"{job.base_image} {job.cell.pip} {PIP_TOOLS_VERSION}".encode()).hexdigest()[:16]
     tag = f"gpumatrix-locktools:{key}"
     if engine.present(client, tag):
         return tag
-    container = _start(client, job.torch_image, job.network)
+    container = _start(client, job.base_image, job.network)
     try:
         _exec(container, _install_tools_script(job.cell), "install pip-tools")
         container.commit(repository="gpumatrix-locktools", tag=key)
@@ -140,11 +217,19 @@ def remove_live() -> None:
 
 
 def _inputs_tar(project: Project, cell: Cell) -> bytes:
+    return _tar({f"{WORK}/{path.relative_to(project.root)}": text for path, text in input_texts(project, cell).items()})
+
+
+def _file_tar(path: str, text: str) -> bytes:
+    return _tar({path: text})
+
+
+def _tar(files: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, text in input_texts(project, cell).items():
+        for path, text in files.items():
             data = text.encode("utf-8")
-            info = tarfile.TarInfo(f"{WORK.lstrip('/')}/{path.relative_to(project.root)}")
+            info = tarfile.TarInfo(path.lstrip("/"))
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
@@ -170,7 +255,7 @@ def _compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> s
     args = [
         f"{TOOLS}/bin/pip-compile", "--quiet", "--no-header", "--generate-hashes", "--no-allow-unsafe",
         "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
-        "--extra-index-url", job.index_url, "--constraint", layout.TORCH_CONSTRAINTS,
+        "--extra-index-url", job.index_url, "--constraint", STAGE_CONSTRAINTS,
         *(["--pre"] if job.cell.pre else []),
         *[f"--unsafe-package={n}" for n in names],
         "--output-file", "lock.txt", *layers,
@@ -201,26 +286,32 @@ class LockResult:
     cell: str
     path: Path | None = None
     error: str | None = None
+    bad_input: bool = False  # the cell's .in files ask for what cannot be (exit 2 once every cell is done)
 
 
 def lock_cells(project: Project, image: str, cells: list[Cell], overrides: BuildOverrides, jobs: int,
                listener: engine.Listener, log) -> list[LockResult]:
-    """Build each cell's torch stage (engine cache), then pip-compile in it; `jobs` cells at a time."""
+    """Build each cell's base stage (engine cache; no torch), resolve its torch stage from the index and
+    pip-compile against it; `jobs` cells at a time. A cell that fails does not stop the others; a conflict with the
+    torch stage (the user's input) is a UsageError once every cell is done."""
     cells = [c for c in cells if c.layers]
     for cell in cells:
         validate_inputs(project, cell)
-    requests = build.prepare(project, image, cells, overrides, target="torch")
+    requests = build.prepare(project, image, cells, overrides, target="base")
     built = build.run_builds(requests, jobs, force=False, listener=listener)
 
     def one(req: BuildRequest, outcome: engine.BuildOutcome) -> LockResult:
         if outcome.status == "failed":
-            return LockResult(req.cell.name, error=f"torch stage failed: {outcome.error}")
-        log(f"{req.cell.name}: pip-compile in the torch stage ({outcome.image_id[7:19]})")
+            return LockResult(req.cell.name, error=f"base stage failed: {outcome.error}")
+        log(f"{req.cell.name}: resolving the torch stage from {redact(req.index_url)}, then pip-compile "
+            f"(base stage {outcome.image_id[7:19]})")
         job = LockJob(req.cell, outcome.image_id, req.network, req.index_url)
         try:
             text = compile_lock(engine.connect(), project, job)
             return LockResult(req.cell.name, path=write_lock(project, req.cell, text))
         except WorkFailed as exc:
             return LockResult(req.cell.name, error=str(exc))
+        except UsageError as exc:
+            return LockResult(req.cell.name, error=str(exc), bad_input=True)
 
     return run_parallel(lambda pair: one(*pair), list(zip(requests, built)), jobs, on_cancel=remove_live, grace=15)

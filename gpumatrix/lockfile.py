@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 from .cells import Cell
 from .errors import UsageError
 from .project import Project, read_input
+from .select import cell_filters
 
 PIP_TOOLS_VERSION = "7.6.2"
 TORCH_STAGE_PATTERNS = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton.*|nvidia-.*|cuda-.*)$")
@@ -29,7 +30,12 @@ HEADER_FIELD = re.compile(r"^# (inputs-sha256|torch-constraints-sha256|body-sha2
                           re.MULTILINE)
 HEADER_START = "# gpumatrix lock for "
 HASH_LINE = re.compile(r"\s+--hash=sha256:[0-9a-f]{64}(\s+\\)?")
-FIX = "run `make lock` (python build.py lock) and commit locks/"
+
+
+def fix(cell: Cell, rel: str) -> str:
+    """The narrowest command that re-makes this one lock, and what to commit."""
+    cli, make = cell_filters(cell)
+    return f"run `make lock {make}` (python build.py lock {cli}) and commit {rel}"
 
 
 # ---- the .in files ----
@@ -151,9 +157,15 @@ def validate_inputs(project: Project, cell: Cell) -> None:
                                 "in a layer (only -r/-c includes; indexes come from matrix.yaml)")
                 continue
             try:
-                Requirement(line)
+                req = Requirement(line)
             except InvalidRequirement as exc:
                 problems.append(f"{rel}:{number}: invalid requirement {line!r}: {exc}")
+                continue
+            if TORCH_STAGE_PATTERNS.match(canonicalize_name(req.name)):
+                problems.append(f"{rel}:{number}: {req.name} is a torch-stage package: the torch stage installs it "
+                                f"from the torch index ({cell.torch_pin} for cell {cell.name}), and a second copy "
+                                "from PyPI would replace it; remove the line (the torch version is chosen in "
+                                "matrix.yaml)")
     if problems:
         raise UsageError("\n".join(problems))
 
@@ -322,18 +334,18 @@ def content_problems(rel: str, cell: Cell, lock_text: str) -> tuple[list[str], b
     header, body = split_lock(lock_text)
     if not lock_text.startswith(HEADER_START):
         return [f"{cell.name}: {rel}:1: not a gpumatrix lock (the `{HEADER_START.strip()} ...` header block of "
-                f"`make lock` is missing); {FIX}"], True
+                f"`make lock` is missing); {fix(cell, rel)}"], True
     if body is None:
         return [f"{cell.name}: {rel}: the header block never ends (no empty line before the requirements): "
-                f"cut short or hand-edited; {FIX}"], True
+                f"cut short or hand-edited; {fix(cell, rel)}"], True
     out = []
     for number, line in enumerate(header.splitlines(), start=1):
         if not line.startswith("#"):
             out.append(f"{cell.name}: {rel}:{number}: {line[:60]!r} in the header block, where only `#` lines "
-                       f"belong: hand-edited; {FIX}")
+                       f"belong: hand-edited; {fix(cell, rel)}")
     first_body_line = header.count("\n") + 2
     for number, why in body_problems(body, first_body_line):
-        out.append(f"{cell.name}: {rel}:{number}: {why}; the lock was cut short or hand-edited: {FIX}")
+        out.append(f"{cell.name}: {rel}:{number}: {why}; the lock was cut short or hand-edited: {fix(cell, rel)}")
     banned = torch_stage_names(lock_text)
     intruders = [n for n in pinned(body) if n in banned or TORCH_STAGE_PATTERNS.match(n)]
     if intruders:
@@ -342,10 +354,10 @@ def content_problems(rel: str, cell: Cell, lock_text: str) -> tuple[list[str], b
     recorded = header_fields(lock_text).get("body-sha256")
     if recorded is None:
         out.append(f"{cell.name}: {rel} has no `# body-sha256:` header line (written by an older gpumatrix, or "
-                   f"hand-edited), so its body cannot be verified; {FIX}")
+                   f"hand-edited), so its body cannot be verified; {fix(cell, rel)}")
     elif not out and recorded != body_digest(body):
         out.append(f"{cell.name}: {rel}: the body does not match its `# body-sha256:` header (cut short or "
-                   f"hand-edited); {FIX}")
+                   f"hand-edited); {fix(cell, rel)}")
     return out, False
 
 
@@ -353,19 +365,32 @@ def problems(project: Project, cell: Cell, lock_text: str | None) -> list[str]:
     """Why a lock cannot be used: missing, stale, damaged, or holding a package of the torch stage."""
     rel = project.relative(project.lock(cell.name))
     if lock_text is None:
-        return [f"{cell.name}: {rel} is missing; {FIX}"]
+        return [f"{cell.name}: {rel} is missing; {fix(cell, rel)}"]
     damage, unreadable = content_problems(rel, cell, lock_text)
     if unreadable:
         return damage
+    return [f"{cell.name}: {rel} {why}; {fix(cell, rel)}" for why in _stale(project, cell, lock_text)] + damage
+
+
+def _stale(project: Project, cell: Cell, lock_text: str) -> list[str]:
     found = header_fields(lock_text)
     out = []
     if found.get("inputs-sha256") != inputs_digest(project, cell):
-        out.append(f"{cell.name}: {rel} is stale (requirements/*.in or the torch pins changed since it was "
-                   f"compiled); {FIX}")
+        out.append("is stale (requirements/*.in or the torch pins changed since it was compiled)")
     if found.get("pip-tools") != PIP_TOOLS_VERSION:
-        out.append(f"{cell.name}: {rel} was compiled with pip-tools {found.get('pip-tools')}, not "
-                   f"{PIP_TOOLS_VERSION}; {FIX}")
-    return out + damage
+        out.append(f"was compiled with pip-tools {found.get('pip-tools')}, not {PIP_TOOLS_VERSION}")
+    return out
+
+
+def remake_reason(project: Project, cell: Cell, lock_text: str | None) -> str | None:
+    """Why `make image` should make this lock before it builds: none yet, or an intact lock that is stale. None for
+    a lock that is current, and for a damaged one (the build refuses that; re-making it could lose someone's edit)."""
+    if lock_text is None:
+        return "no lock yet"
+    if content_problems("", cell, lock_text)[0]:
+        return None
+    stale = _stale(project, cell, lock_text)
+    return f"the lock {stale[0]}" if stale else None
 
 
 def read_lock(project: Project, cell: Cell) -> str | None:

@@ -15,7 +15,9 @@ import jinja2
 from . import layout
 from .cells import Cell
 from .errors import UsageError
+from .lockfile import TORCH_STAGE_PREFIX
 from .project import Project, write_atomic
+from .select import cell_filters
 
 TEMPLATE = "Dockerfile.j2"
 RENDERED_MARK = "# Rendered by gpumatrix from templates/Dockerfile.j2"  # how every rendered file begins
@@ -76,10 +78,12 @@ def _render(env: jinja2.Environment, cell: Cell, image: str) -> str:
     try:
         return env.get_template(TEMPLATE).render(
             cell=cell,
-            packages=[("torch", cell.torch_pin), *cell.companions],
+            packages=cell.torch_stage_packages,
             expected=expected_versions(cell),
             labels=labels(cell, image),
             layout=layout.for_template(),
+            lock_format={"torch_stage_prefix": TORCH_STAGE_PREFIX},
+            relock="make lock " + cell_filters(cell)[1],
         )
     except jinja2.TemplateSyntaxError as exc:
         raise UsageError(f"{exc.filename or TEMPLATE}:{exc.lineno}: template syntax error: {exc.message}") from None

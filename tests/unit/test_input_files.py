@@ -130,8 +130,9 @@ def test_a_file_included_twice_is_no_loop(proj, cli, snapshot):
     rc, _, err = cli("--matrix", str(proj / "matrix.yaml"), "lock", "--check", "--cuda", "cpu")
     assert rc == 1, err
     assert errors(err) == ["error: cpu-py3.11-torch2.13.0: locks/cpu-py3.11-torch2.13.0.txt is stale "
-                           "(requirements/*.in or the torch pins changed since it was compiled); run `make lock` "
-                           "(python build.py lock) and commit locks/"]
+                           "(requirements/*.in or the torch pins changed since it was compiled); run `make lock CUDA=cpu "
+                           "PYTHON=3.11 TORCH=2.13.0 FLAVOUR=none` (python build.py lock --cuda cpu --python 3.11 "
+                           "--torch 2.13.0 --flavour none) and commit locks/cpu-py3.11-torch2.13.0.txt"]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=IDS)

@@ -226,7 +226,7 @@ def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write
     assert re.search(r"\|\| \{ echo \"[^\"]*set app_stage: devel for this cell\"; exit 1; \}; \}", install)
     assert install.rstrip().endswith("&& rm -r /tmp/uv /tmp/before /tmp/after /tmp/added /tmp/touched /tmp/changed /tmp/marker")
     assert "uv" not in pip.replace("VIRTUAL_ENV", "")
-    assert any(step.startswith("RUN find /opt/venv") and "pip install --no-cache-dir --require-hashes" in step
+    assert any(step.startswith("RUN python -B -c") and "pip install --no-cache-dir --require-hashes" in step
                for step in steps(pip))
 
 
