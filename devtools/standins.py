@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
+import zipfile
 from typing import Callable, Iterator
 
 import docker
@@ -280,7 +281,7 @@ class LoopbackIndex:
             name = parse_wheel_filename(wheel.name)[0]
             projects[canonicalize_name(name)].append(wheel)
         for name, wheels in projects.items():
-            links = [_anchor(f"../../files/{w.name}#sha256={_sha256(w)}", w.name)
+            links = [_anchor(f"../../files/{w.name}#sha256={_sha256(w)}", w.name, _metadata_sha256(w))
                      for w in wheels]
             write_atomic(self.root / "simple" / name / "index.html",
                           _page(f"Links for {name}", links))
@@ -342,8 +343,23 @@ def _handler_for(index: LoopbackIndex) -> type[http.server.SimpleHTTPRequestHand
     return Handler
 
 
-def _anchor(href: str, text: str) -> str:
-    return f'<a href="{html.escape(href)}">{html.escape(text)}</a><br>'
+def _anchor(href: str, text: str, metadata_sha256: str | None = None) -> str:
+    """A link; with metadata_sha256, it announces the wheel's METADATA beside it (PEP 658/714), so that a resolver
+    reads the metadata and never downloads the wheel, as it does on the PyTorch index and PyPI."""
+    meta = (f' data-core-metadata="sha256={metadata_sha256}" data-dist-info-metadata="sha256={metadata_sha256}"'
+            if metadata_sha256 else "")
+    return f'<a href="{html.escape(href)}"{meta}>{html.escape(text)}</a><br>'
+
+
+def _metadata_sha256(wheel: pathlib.Path) -> str:
+    """Write the wheel's METADATA as `<wheel>.metadata` (PEP 658) once, and return its sha256."""
+    target = wheel.with_name(wheel.name + ".metadata")
+    if not target.exists():
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(n for n in archive.namelist()
+                        if n.count("/") == 1 and n.split("/")[0].endswith(".dist-info") and n.endswith("/METADATA"))
+            target.write_bytes(archive.read(name))
+    return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
 def _page(title: str, links: list[str]) -> str:

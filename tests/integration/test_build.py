@@ -35,12 +35,18 @@ def requirement_names(text: str) -> set[str]:
     return {m.group(1).lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9._-]+)==", text, re.MULTILINE)}
 
 
-def test_lock_compiles_in_the_torch_stage_without_torch_stage_packages(project, stand_ins, torch_index):
+def test_lock_resolves_the_torch_stage_from_metadata_without_building_it(project, stand_ins, torch_index,
+                                                                         docker_client):
+    images_before = {image.id for image in docker_client.images.list(all=True)}
+    requests_before = len(torch_index.requests)
     result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
     assert result.returncode == 0, result.stderr
-    # The index URL is a build argument of the torch RUN step and its port is new each session, so the session's
-    # first torch stage (this lock, or an earlier test's) downloaded torch from it.
-    assert any("torch-2.13.0+cpu" in r for r in torch_index.requests), torch_index.requests
+    asked = torch_index.requests[requests_before:]
+    assert "/files/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl.metadata" in asked, asked
+    assert not [path for path in asked if path.endswith(".whl")], f"wheels downloaded by the lock: {asked}"
+    made = [image for image in docker_client.images.list(all=True) if image.id not in images_before]
+    steps = [step.get("CreatedBy", "") for image in made for step in image.history()]
+    assert not [step for step in steps if "torch==2.13.0+cpu" in step], "the lock built a torch stage"
     text = lock_text(project)
     names = requirement_names(text)
     assert {"numpy", "safetensors", "tqdm"} <= names
@@ -122,7 +128,7 @@ def test_second_build_is_skipped_by_content_tag(project, stand_ins):
 def test_lock_change_rebuilds_only_the_app_install(project, stand_ins):
     layer = project / "requirements" / "cpu.in"
     layer.write_text(layer.read_text() + "packaging>=24\n")
-    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+    result = cli(project, "build", "--locked", "--cuda", "cpu", *stand_ins)
     assert result.returncode == 2 and "stale" in result.stderr and "make lock" in result.stderr
     assert cli(project, "lock", "--check", "--cuda", "cpu").returncode == 1
     assert cli(project, "lock", "--cuda", "cpu", *stand_ins).returncode == 0

@@ -207,3 +207,11 @@ def test_a_pins_file_nested_past_the_parser_is_one_line(proj, cli, snapshot):
     path.write_bytes(b"[" * 1200 + b"\n")  # PyYAML's composer recurses once per level: RecursionError, not YAMLError
     line = refused(cli, snapshot, proj, "list", "--cuda", "cpu")
     assert line.startswith(f"error: {path}: not valid YAML")
+
+
+def test_a_torch_stage_package_in_an_in_file_is_refused_with_its_line(proj, cli, snapshot):
+    """The seed's "duplicate torch": a layer that names torch would install a second torch from PyPI."""
+    number = append(proj / "requirements" / "cpu.in", "torchvision>=0.20")
+    line = refused(cli, snapshot, proj, "lock", "--cuda", "cpu")
+    assert line.startswith(f"error: requirements/cpu.in:{number}: torchvision is a torch-stage package: the torch "
+                           "stage installs it from the torch index (2.13.0+cpu for cell cpu-py3.11-torch2.13.0)")

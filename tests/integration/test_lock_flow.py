@@ -1,0 +1,70 @@
+"""The lock on a developer's machine and in CI: a relock keeps the committed pins, a conflict with the torch stage is
+explained, `make image` makes a missing lock first (never under CI), and a torch stage that moved since the lock was
+made is refused before the app layer is installed."""
+
+from __future__ import annotations
+
+import re
+
+from support.cli import cli
+from support.standins import STANDIN_CELL as CELL
+
+LOCK = f"locks/{CELL}.txt"
+NOT_CI = {"CI": ""}
+
+
+def pins(text: str) -> dict[str, str]:
+    """name -> version of the `name==version` lines (body) and `# torch-stage:` lines (header), read here by hand."""
+    body = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9._-]+)==(\S+)", text, re.MULTILINE)}
+    stage = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^# torch-stage: ([A-Za-z0-9._-]+)==(\S+)$", text,
+                                                                   re.MULTILINE)}
+    return {**{f"stage:{k}": v for k, v in stage.items()}, **body}
+
+
+def test_relock_from_the_committed_lock_pins_the_same_versions(tmp_project, stand_ins):
+    committed = (tmp_project / LOCK).read_text()
+    result = cli(tmp_project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 0, result.stderr
+    relocked = (tmp_project / LOCK).read_text()
+    assert pins(relocked) == pins(committed)
+    assert pins(committed)["stage:torch"] == "2.13.0+cpu" and "numpy" in pins(committed)
+
+
+def test_a_pin_against_the_torch_stage_is_explained_as_bad_input(tmp_project, stand_ins):
+    """The seed's NeMo case: an .in line pins fsspec to a version the torch stage does not install."""
+    layer = tmp_project / "requirements" / "cpu.in"
+    number = len(layer.read_text().splitlines()) + 1
+    layer.write_text(layer.read_text() + "fsspec==2024.12.0\n")
+    before = (tmp_project / LOCK).read_bytes()
+    result = cli(tmp_project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith(f"error: requirements/cpu.in:{number}:"))
+    assert "fsspec==2024.12.0" in line and "fsspec 2026.9.0 from the torch index" in line
+    assert (tmp_project / LOCK).read_bytes() == before
+
+
+def test_image_makes_a_missing_lock_first_but_never_under_ci(tmp_project, stand_ins):
+    (tmp_project / LOCK).unlink()
+    refused = cli(tmp_project, "build", "--cuda", "cpu", *stand_ins, env={"CI": "true"})
+    assert refused.returncode == 2, refused.stderr
+    assert (f"{LOCK} is missing; run `make lock CUDA=cpu PYTHON=3.11 TORCH=2.13.0 FLAVOUR=none`"
+            in refused.stderr)
+    assert not (tmp_project / LOCK).exists()
+
+    built = cli(tmp_project, "build", "--cuda", "cpu", *stand_ins, env=NOT_CI)
+    assert built.returncode == 0, built.stderr
+    assert f"locking {CELL}: no lock yet; commit {LOCK}" in built.stderr
+    assert pins((tmp_project / LOCK).read_text())["stage:torch"] == "2.13.0+cpu"
+
+
+def test_a_torch_stage_that_moved_since_the_lock_is_refused(tmp_project, stand_ins):
+    """The index moved: the lock says the torch stage had fsspec 2024.6.1, the index now serves 2026.9.0."""
+    lock = tmp_project / LOCK
+    text = lock.read_text()
+    assert "# torch-stage: fsspec==2026.9.0\n" in text
+    lock.write_text(text.replace("# torch-stage: fsspec==2026.9.0\n", "# torch-stage: fsspec==2024.6.1\n"))
+    result = cli(tmp_project, "build", "--cuda", "cpu", *stand_ins, env=NOT_CI)
+    assert result.returncode == 1, result.stderr
+    assert "fsspec: lock resolved against 2024.6.1, torch stage has 2026.9.0" in result.stderr
+    assert "relock with make lock CUDA=cpu PYTHON=3.11 TORCH=2.13.0 FLAVOUR=none" in result.stderr
