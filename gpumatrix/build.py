@@ -40,7 +40,7 @@ def base_stage_key(req: BuildRequest) -> tuple:
 def torch_stage_key(req: BuildRequest) -> tuple:
     """What the `torch` stage depends on: the flavours of a cell share it."""
     cell = req.cell
-    return base_stage_key(req), cell.torch_pin, cell.companions, req.index_url, cell.pre
+    return base_stage_key(req), cell.torch_stage_packages, req.index_url, cell.pre
 
 
 def shared_stages(requests: list[BuildRequest]) -> list[BuildRequest]:

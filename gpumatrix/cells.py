@@ -25,6 +25,7 @@ DEFAULT_SETTINGS = Settings(
     uv="0.13.9",
     app_stage="runtime",
     network="default",
+    torch_stage_pins=[],
 )
 
 
@@ -59,6 +60,7 @@ class Cell:
     repository: str
     tags: tuple[str, ...] = field(default=())
     flavour: str | None = None  # cells of one torch stage with different app layers: name-<flavour>
+    torch_stage_pins: tuple[tuple[str, str], ...] = ()  # (name, version) installed with torch from the torch index
 
     @property
     def is_cuda(self) -> bool:
@@ -66,8 +68,9 @@ class Cell:
 
     @property
     def torch_stage_packages(self) -> tuple[tuple[str, str], ...]:
-        """(name, exact pin) of what the torch stage asks the torch index for: torch, then its companions."""
-        return (("torch", self.torch_pin), *self.companions)
+        """(name, exact pin) of what the torch stage asks the torch index for: torch, its companions, then the
+        matrix's `torch_stage_pins`."""
+        return (("torch", self.torch_pin), *self.companions, *self.torch_stage_pins)
 
     @property
     def require_cuda(self) -> str | None:
@@ -303,6 +306,7 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         python_source=compat.python_source(cuda, python),
         repository=repository,
         tags=(f"{repository}:{name}",),
+        torch_stage_pins=tuple(tuple(pin.split("==", 1)) for pin in s.torch_stage_pins),
     )
 
 

@@ -22,6 +22,9 @@ INDEX_URL = (rf"^https?://{_HOST}(?::[0-9]{{1,5}})?"
 # A Debian package as apt-get takes it: name[:arch][=version].
 DEBIAN_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[0-9][A-Za-z0-9.+~:-]*)?$"
 
+# One exact requirement pin, name==version (PEP 508 name, PEP 440 version with an optional local label).
+EXACT_PIN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[0-9][A-Za-z0-9.+!_-]*$"
+
 # A Docker network mode for the build containers: default, host, none, or a network's name.
 NETWORK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

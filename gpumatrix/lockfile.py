@@ -188,7 +188,8 @@ def inputs_digest(project: Project, cell: Cell) -> str:
     h = hashlib.sha256()
     for path, text in input_texts(project, cell).items():
         h.update(str(path.relative_to(project.root)).encode() + b"\0" + text.encode("utf-8") + b"\0")
-    h.update(repr((cell.python, cell.torch_pin, cell.companions, cell.pre)).encode())
+    stage = (cell.python, cell.torch_pin, cell.companions, cell.pre)
+    h.update(repr(stage + ((cell.torch_stage_pins,) if cell.torch_stage_pins else ())).encode())
     return h.hexdigest()
 
 

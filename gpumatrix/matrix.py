@@ -53,6 +53,18 @@ DebianPackage = Annotated[str, StringConstraints(pattern=grammar.DEBIAN_PACKAGE)
 Network = Annotated[str, StringConstraints(pattern=grammar.NETWORK)]
 
 
+def _not_torch_itself(pin: str) -> str:
+    name = pin.split("==", 1)[0].lower().replace("_", "-")
+    if name in ("torch", "torchvision", "torchaudio"):
+        raise ValueError(f"{name} is pinned by the cell's `torch` and `companions`, not here")
+    return pin
+
+
+# A package installed in the torch stage, from the torch index, together with torch (the way out of a conflict with
+# a version the torch stage would otherwise install).
+TorchStagePin = Annotated[str, StringConstraints(pattern=grammar.EXACT_PIN), AfterValidator(_not_torch_itself)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -74,6 +86,7 @@ class Settings(_Strict):
     uv: Version | None = None
     app_stage: AppStage | None = None  # where the app layer is installed: on the runtime base, or the devel base
     network: Network | None = None
+    torch_stage_pins: list[TorchStagePin] | None = None  # name==version, installed with torch from the torch index
 
 
 class Selector(_Strict):
@@ -194,6 +207,7 @@ def _pattern_hint(loc: tuple) -> str:
         "nightly_index_url": "an http(s) URL such as https://download.pytorch.org/whl/nightly/{variant}",
         "os_packages": "a Debian package name such as libgl1, optionally =version",
         "network": "a Docker network mode such as default or host",
+        "torch_stage_pins": "an exact pin name==version such as fsspec==2024.12.0",
     }
     return hints.get(last, "a version such as 3.11 or 2.7.1")
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+from devtools.standins import LoopbackIndex, index_requirements
 from support.cli import cli
 from support.standins import STANDIN_CELL as CELL
+from support.standins import STANDIN_LOCK, standin_flags
 
 LOCK = f"locks/{CELL}.txt"
 NOT_CI = {"CI": ""}
@@ -68,3 +72,29 @@ def test_a_torch_stage_that_moved_since_the_lock_is_refused(tmp_project, stand_i
     assert result.returncode == 1, result.stderr
     assert "fsspec: lock resolved against 2024.6.1, torch stage has 2026.9.0" in result.stderr
     assert "relock with make lock CUDA=cpu PYTHON=3.11 TORCH=2.13.0 FLAVOUR=none" in result.stderr
+
+
+@pytest.fixture
+def index_with_an_older_fsspec(cache_dir):
+    """The stand-in torch index, plus fsspec 2024.12.0 (the real PyTorch index serves several fsspec versions)."""
+    index = LoopbackIndex(cache_dir / "index-cpu-fsspec")
+    index.fill(index_requirements(STANDIN_LOCK))
+    index.fill(["fsspec==2024.12.0"])
+    with index:
+        yield index
+
+
+def test_a_torch_stage_pin_is_the_way_out_of_that_conflict(tmp_project, standin_base, index_with_an_older_fsspec):
+    """The NeMo case built: fsspec 2024.12.0 installed with torch from the torch index, the .in line met."""
+    stand_ins = standin_flags(standin_base, index_with_an_older_fsspec.url)
+    matrix = tmp_project / "matrix.yaml"
+    matrix.write_text(matrix.read_text() + '    torch_stage_pins: ["fsspec==2024.12.0"]\n')  # the cpu override
+    layer = tmp_project / "requirements" / "cpu.in"
+    layer.write_text(layer.read_text() + "fsspec==2024.12.0\n")
+    assert cli(tmp_project, "render").returncode == 0
+    locked = cli(tmp_project, "lock", "--cuda", "cpu", *stand_ins)
+    assert locked.returncode == 0, locked.stderr
+    lock = pins((tmp_project / LOCK).read_text())
+    assert lock["stage:fsspec"] == "2024.12.0" and "fsspec" not in lock
+    built = cli(tmp_project, "build", "--locked", "--cuda", "cpu", *stand_ins)
+    assert built.returncode == 0, built.stderr

@@ -311,3 +311,39 @@ def test_list_json_tags_include_content_tag(cli, repo):
     assert plain == "ghcr.io/acme/gpu-images:cu12.8-py3.11-torch2.7.1"
     assert re.fullmatch(r"ghcr\.io/acme/gpu-images:cu12\.8-py3\.11-torch2\.7\.1-[0-9a-f]{12}", content)
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", content.rpartition(":")[2])
+
+
+def test_torch_stage_pins_are_installed_with_torch_from_the_torch_index(project, cli, write_matrix, matrix_text):
+    write_matrix(
+        project,
+        matrix_text(
+            cuda=("12.8", "cpu"), python=("3.11",), torch=("2.7.1",),
+            extra="""\
+            overrides:
+              - match: {cuda: cpu}
+                torch_stage_pins: ["fsspec==2024.12.0"]
+            """,
+        ),
+    )
+    assert render(cli, project)[0] == 0
+    cpu = (project / "docker" / "cpu-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    cuda = (project / "docker" / "cu12.8-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    install = next(step for step in steps(cpu) if "--index-url" in step)
+    assert install.split()[-1] == "fsspec==2024.12.0"
+    assert "torch==2.7.1+cpu" in install
+    assert "fsspec" not in cuda
+
+
+@pytest.mark.parametrize("pin, why", [
+    ("fsspec>=2024.12.0", "is not valid here (an exact pin name==version such as fsspec==2024.12.0)"),
+    ("fsspec==2024.12.0; rm -rf /", "is not valid here (an exact pin name==version such as fsspec==2024.12.0)"),
+    ("torch==2.7.1+cpu", "torch is pinned by the cell's `torch` and `companions`, not here"),
+])
+def test_a_torch_stage_pin_that_is_no_exact_pin_of_another_package_is_refused(pin, why, project, cli, write_matrix,
+                                                                             matrix_text):
+    write_matrix(project, matrix_text(cuda=("cpu",), python=("3.11",), torch=("2.7.1",),
+                                      extra=f"settings:\n  torch_stage_pins: [{pin!r}]\n"))
+    rc, err = render(cli, project)
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert "settings.torch_stage_pins" in err and why in err
