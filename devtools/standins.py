@@ -20,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import re
 import urllib.parse
 import zipfile
 from typing import Callable, Iterator
 
 import docker
+import requests
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -44,6 +46,8 @@ IMAGE_CHANGES = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 )
 PIP_CONF = "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+PYPI = "https://pypi.org"
+PYPI_SIMPLE = f"{PYPI}/simple"
 WHEEL_PLATFORMS = (
     *(f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)),
     "manylinux2014_x86_64",
@@ -198,9 +202,11 @@ def index_requirements(lock: pathlib.Path) -> list[str]:
 class LoopbackIndex:
     """A PEP 503 simple index on 127.0.0.1, served from a directory of wheels."""
 
-    def __init__(self, root: pathlib.Path, port: int = 0):
+    def __init__(self, root: pathlib.Path, port: int = 0, fallback: str | None = None):
+        """fallback: an index (e.g. PYPI_SIMPLE) that a project page this index does not hold is redirected to."""
         self.root = pathlib.Path(root)
         self.port = port
+        self.fallback = fallback
         self.requests: list[str] = []
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -269,6 +275,24 @@ class LoopbackIndex:
                 os.replace(packed, self.files_dir / packed.name)
             wheel.unlink()
 
+    def add_metadata_only(self, project: str, version: str, local: str, python: str = "3.11") -> None:
+        """Serve `project==version+local` by its metadata alone: PyPI's wheel of that release for this CPython on
+        Linux x86_64, its METADATA relabelled `version+local` as the PyTorch index publishes it, and a link that
+        carries the real wheel's sha256. No wheel is stored: a resolver that reads PEP 658 metadata needs none, and
+        one that downloads the wheel gets a 404."""
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        files = _get(f"{PYPI_SIMPLE}/{project}/", {"Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]
+        release = [f for f in files if f["filename"].endswith(".whl")
+                   and parse_wheel_filename(f["filename"])[1] == Version(version)]
+        wheel = _wheel_for(release, f"cp{python.replace('.', '')}", f"{project}=={version}")
+        relabelled = wheel["filename"].replace(f"-{version}-", f"-{version}+{local}-", 1)
+        target = self.files_dir / f"{relabelled}.metadata"
+        if not target.exists():
+            metadata = _wheel_metadata(wheel["url"])
+            metadata = re.sub(r"^Version: .*$", f"Version: {version}+{local}", metadata, count=1, flags=re.MULTILINE)
+            write_atomic(self.files_dir / f"{relabelled}.sha256", wheel["hashes"]["sha256"] + "\n")
+            write_atomic(target, metadata)
+
     @staticmethod
     def _fill_key(requirements: list[str], python_version: str) -> str:
         text = "\n".join([python_version, *sorted(requirements), *WHEEL_PLATFORMS])
@@ -277,11 +301,13 @@ class LoopbackIndex:
     def write_pages(self) -> None:
         """(Re)write simple/index.html and one page per project from files/."""
         projects: dict[str, list[pathlib.Path]] = collections.defaultdict(list)
-        for wheel in sorted(self.files_dir.glob("*.whl")):
+        metadata_only = {meta.with_suffix("") for meta in self.files_dir.glob("*.whl.metadata")
+                         if meta.with_suffix(".sha256").exists()}
+        for wheel in sorted(set(self.files_dir.glob("*.whl")) | metadata_only):
             name = parse_wheel_filename(wheel.name)[0]
             projects[canonicalize_name(name)].append(wheel)
         for name, wheels in projects.items():
-            links = [_anchor(f"../../files/{w.name}#sha256={_sha256(w)}", w.name, _metadata_sha256(w))
+            links = [_anchor(f"../../files/{w.name}#sha256={_wheel_sha256(w)}", w.name, _metadata_sha256(w))
                      for w in wheels]
             write_atomic(self.root / "simple" / name / "index.html",
                           _page(f"Links for {name}", links))
@@ -331,7 +357,14 @@ def _handler_for(index: LoopbackIndex) -> type[http.server.SimpleHTTPRequestHand
             super().__init__(*args, directory=str(index.root), **kwargs)
 
         def do_GET(self):
-            index.record(urllib.parse.unquote(self.path))
+            path = urllib.parse.unquote(self.path)
+            index.record(path)
+            project = re.fullmatch(r"/simple/([^/]+)/?", path)
+            if index.fallback and project and not (index.root / "simple" / project.group(1)).is_dir():
+                self.send_response(302)
+                self.send_header("Location", f"{index.fallback.rstrip('/')}/{project.group(1)}/")
+                self.end_headers()
+                return
             super().do_GET()
 
         def list_directory(self, path):
@@ -354,7 +387,7 @@ def _anchor(href: str, text: str, metadata_sha256: str | None = None) -> str:
 def _metadata_sha256(wheel: pathlib.Path) -> str:
     """Write the wheel's METADATA as `<wheel>.metadata` (PEP 658) once, and return its sha256."""
     target = wheel.with_name(wheel.name + ".metadata")
-    if not target.exists():
+    if not target.exists():  # a wheel served by its metadata alone always has it
         with zipfile.ZipFile(wheel) as archive:
             name = next(n for n in archive.namelist()
                         if n.count("/") == 1 and n.split("/")[0].endswith(".dist-info") and n.endswith("/METADATA"))
@@ -370,6 +403,45 @@ def _page(title: str, links: list[str]) -> str:
         f"<title>{html.escape(title)}</title></head>\n"
         f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )
+
+
+def _wheel_sha256(wheel: pathlib.Path) -> str:
+    """The wheel's sha256: of the file, or as recorded beside the metadata of a wheel served by its metadata alone."""
+    recorded = wheel.with_name(wheel.name + ".sha256")
+    return recorded.read_text().strip() if recorded.exists() else _sha256(wheel)
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> requests.Response:
+    response = requests.get(url, headers=headers, timeout=60, stream=True)
+    if response.status_code != 200:
+        raise StandinError(f"GET {url}: HTTP {response.status_code}")
+    return response
+
+
+def _wheel_metadata(url: str) -> str:
+    """A wheel's METADATA: its PEP 658 file, or, where PyPI serves none, out of the wheel itself (a few MB for the
+    companions; torch's own always has one)."""
+    response = requests.get(url + ".metadata", timeout=60)
+    if response.status_code == 200:
+        return response.text
+    with tempfile.TemporaryFile() as file:
+        for chunk in _get(url).iter_content(1 << 20):
+            file.write(chunk)
+        with zipfile.ZipFile(file) as archive:
+            name = next(n for n in archive.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n))
+            return archive.read(name).decode()
+
+
+def _wheel_for(files: list[dict], python_tag: str, what: str) -> dict:
+    """The release's wheel for this CPython (or a pure-Python one) on Linux x86_64."""
+    for file in files:
+        if not file["filename"].endswith(".whl"):
+            continue
+        tags = parse_wheel_filename(file["filename"])[3]
+        if any(t.interpreter in (python_tag, "py3") and (t.platform == "any" or t.platform.endswith("x86_64"))
+               and t.platform.startswith(("manylinux", "linux", "any")) for t in tags):
+            return file
+    raise StandinError(f"PyPI has no Linux x86_64 wheel of {what} for {python_tag}")
 
 
 def _sha256(path: pathlib.Path) -> str:
