@@ -47,6 +47,13 @@ WORK = "/tmp/gpumatrix-lock"
 STAGE_REPORT = f"{WORK}/torch-stage.json"  # pip's installation report of the torch stage's dry run
 STAGE_CONSTRAINTS = f"{WORK}/torch-stage.txt"  # the torch stage's freeze as resolved, pip-compile's constraints
 
+NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
+                       r"([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+# pip skips an index page it cannot fetch after its retries and resolves on without it, exit status 0.
+RETRIES_USED_UP = re.compile(r"Retrying \(Retry\(total=0\b.*': (\S+)$", re.MULTILINE)
+
 
 @dataclass(frozen=True)
 class LockJob:
@@ -76,7 +83,7 @@ def resolve_torch_stage(container, job: LockJob) -> list[str]:
     """`name==version` lines, sorted as `pip freeze` sorts them, of the environment the torch stage leaves: the base
     venv's own packages, updated by what the stage's `pip install` would install (pip's dry-run report)."""
     seeds = _exec(container, f"{layout.VENV_PYTHON} -m pip freeze --all --exclude pip", "read the base venv")
-    _exec(container, _dry_run_script(job), "resolve the torch stage from the torch index")
+    _dry_run(container, job)
     report = json.loads(_read_file(container, STAGE_REPORT))
     stage = {canonicalize_name(m.group(1)): (m.group(1), m.group(3))
              for m in map(REQ_LINE.match, seeds.splitlines()) if m}
@@ -84,6 +91,25 @@ def resolve_torch_stage(container, job: LockJob) -> list[str]:
         meta = item["metadata"]
         stage[canonicalize_name(meta["name"])] = (meta["name"], meta["version"])
     return [f"{name}=={version}" for name, version in sorted(stage.values(), key=lambda nv: nv[0].lower())]
+
+
+def _dry_run(container, job: LockJob) -> None:
+    """The torch stage's install as a dry run; an index that did not answer, or answered without the pins, is one
+    line (exit 1) instead of pip's output."""
+    try:
+        _exec(container, _dry_run_script(job), "resolve the torch stage from the torch index")
+    except WorkFailed as exc:
+        index = redact(job.index_url)
+        if RETRIES_USED_UP.search(str(exc)):
+            raise WorkFailed(f"the torch index {index} stopped answering while the torch stage was resolved from it; "
+                             "no lock written") from None
+        missing = NOT_FOUND.search(str(exc))
+        if missing:
+            pins = " ".join(f"{name}=={pin}" for name, pin in job.cell.torch_stage_packages)
+            raise WorkFailed(f"the torch index {index} serves no {missing.group(1)} that the torch stage's "
+                             f"`pip install {pins}` can use for Python {job.cell.python} (cell {job.cell.name}); "
+                             "no lock written") from None
+        raise
 
 
 def _dry_run_script(job: LockJob) -> str:
@@ -114,14 +140,6 @@ def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> 
                              "with the torch stage)")
     if found:
         raise UsageError("\n".join(found))
-
-
-NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
-                       r"([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-# pip skips an index page it cannot fetch after its retries and resolves on without it, exit status 0.
-RETRIES_USED_UP = re.compile(r"Retrying \(Retry\(total=0\b.*': (\S+)$", re.MULTILINE)
 
 
 def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) -> None:
