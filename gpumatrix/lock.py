@@ -136,8 +136,9 @@ def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> 
                 found.append(f"{project.relative(path)}:{number}: {raw.strip()} conflicts with the torch stage: "
                              f"torch {job.cell.torch_pin} comes with {req.name} {have} from the torch index "
                              f"({redact(job.index_url)}), and the torch stage's versions are fixed (cell "
-                             f"{job.cell.name}); allow {have} in this line (see README, \"Locks\": a conflict "
-                             "with the torch stage)")
+                             f"{job.cell.name}); allow {have} in this line, or install {req.name} with torch: "
+                             f"`torch_stage_pins: [\"{req.name}==...\"]` in matrix.yaml (README, \"The locked "
+                             "application layer\")")
     if found:
         raise UsageError("\n".join(found))
 
@@ -176,7 +177,7 @@ def explain_conflict(output: str, job: LockJob) -> str | None:
             + "\n".join(f"  {line}" for line in causes)
             + f"\n  (`The user requested (constraint)` is the torch stage: torch {job.cell.torch_pin} comes with "
               f"those versions from the torch index {redact(job.index_url)}, and they are fixed; loosen the .in "
-              "lines that ask for others, see README \"Locks\")")
+              "lines that ask for others, or pin a version with torch: `torch_stage_pins` in matrix.yaml)")
 
 
 def _refuse_partial_answers(job: LockJob, output: str) -> None:
