@@ -275,21 +275,23 @@ class LoopbackIndex:
                 os.replace(packed, self.files_dir / packed.name)
             wheel.unlink()
 
-    def add_metadata_only(self, project: str, version: str, local: str, python: str = "3.11") -> None:
+    def add_metadata_only(self, project: str, version: str, local: str | None, python: str = "3.11") -> None:
         """Serve `project==version+local` by its metadata alone: PyPI's wheel of that release for this CPython on
-        Linux x86_64, its METADATA relabelled `version+local` as the PyTorch index publishes it, and a link that
-        carries the real wheel's sha256. No wheel is stored: a resolver that reads PEP 658 metadata needs none, and
-        one that downloads the wheel gets a 404."""
+        Linux x86_64 (or a pure-Python one), its METADATA relabelled `version+local` as the PyTorch index publishes
+        it (local=None: as it is), and a link that carries the real wheel's sha256. No wheel is stored: a resolver
+        that reads PEP 658 metadata needs none, and one that downloads the wheel gets a 404. A project served here
+        is not redirected to the fallback: this index offers only the versions added."""
         self.files_dir.mkdir(parents=True, exist_ok=True)
         files = _get(f"{PYPI_SIMPLE}/{project}/", {"Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]
         release = [f for f in files if f["filename"].endswith(".whl")
                    and parse_wheel_filename(f["filename"])[1] == Version(version)]
         wheel = _wheel_for(release, f"cp{python.replace('.', '')}", f"{project}=={version}")
-        relabelled = wheel["filename"].replace(f"-{version}-", f"-{version}+{local}-", 1)
+        label = f"{version}+{local}" if local else version
+        relabelled = wheel["filename"].replace(f"-{version}-", f"-{label}-", 1)
         target = self.files_dir / f"{relabelled}.metadata"
         if not target.exists():
             metadata = _wheel_metadata(wheel["url"])
-            metadata = re.sub(r"^Version: .*$", f"Version: {version}+{local}", metadata, count=1, flags=re.MULTILINE)
+            metadata = re.sub(r"^Version: .*$", f"Version: {label}", metadata, count=1, flags=re.MULTILINE)
             write_atomic(self.files_dir / f"{relabelled}.sha256", wheel["hashes"]["sha256"] + "\n")
             write_atomic(target, metadata)
 

@@ -28,6 +28,12 @@ CELLS = {
 }
 
 
+# The PyTorch index serves its own copy of fsspec, older than PyPI's newest. With PyPI's newest (2026.9.0) in the torch
+# stage, pip-compile of app.in backtracks through every release of `datasets` (5.0.1 caps fsspec at <=2026.6.0) for
+# far longer than a test may take; the stand-in serves 2026.6.0 as the real index would serve a copy of its own.
+INDEX_OWN_COPIES = {"fsspec": "2026.6.0"}
+
+
 @pytest.fixture(scope="module")
 def metadata_index(cache_dir):
     index = LoopbackIndex(cache_dir / "index-metadata", fallback=PYPI_SIMPLE)
@@ -35,6 +41,8 @@ def metadata_index(cache_dir):
         for project, pin in pins.items():
             version, local = pin.split("+")
             index.add_metadata_only(project, version, local, python="3.11")
+    for project, version in INDEX_OWN_COPIES.items():
+        index.add_metadata_only(project, version, None, python="3.11")
     with index:
         yield index
 
