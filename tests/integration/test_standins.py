@@ -15,7 +15,8 @@ import pytest
 
 from devtools.standins import KEY_LABEL, ensure_standin_base
 
-ANCHOR = re.compile(r'<a href="([^"#]+)#sha256=([0-9a-f]{64})">([^<]+)</a>')
+ANCHOR = re.compile(r'<a href="([^"#]+)#sha256=([0-9a-f]{64})"[^>]*>([^<]+)</a>')
+CORE_METADATA = re.compile(r'<a href="[^"]+" data-core-metadata="sha256=([0-9a-f]{64})"[^>]*>([^<]+)</a>')
 
 
 def fetch(url: str) -> str:
@@ -56,6 +57,17 @@ def test_index_serves_cpu_torch_with_true_sha256(torch_index):
     assert cpu_wheels, page
     wheel = cpu_wheels[0]
     assert links[wheel] == file_sha256(torch_index.files_dir / wheel)
+
+
+def test_index_serves_each_wheels_metadata_with_its_sha256(torch_index):
+    """PEP 658/714: the link announces the METADATA file beside the wheel, as PyPI and the PyTorch index do."""
+    page = fetch(f"{torch_index.url}/torch/")
+    announced = {name: digest for digest, name in CORE_METADATA.findall(page)}
+    wheel = next(name for name in announced if name.startswith("torch-2.13.0+cpu-"))
+    with urllib.request.urlopen(f"{torch_index.url.removesuffix('/simple')}/files/{wheel}.metadata", timeout=10) as response:
+        metadata = response.read()
+    assert hashlib.sha256(metadata).hexdigest() == announced[wheel]
+    assert b"\nVersion: 2.13.0+cpu\n" in metadata
 
 
 def test_pip_downloads_torch_through_the_index(torch_index, tmp_path):
