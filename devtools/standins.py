@@ -390,10 +390,7 @@ def _metadata_sha256(wheel: pathlib.Path) -> str:
     """Write the wheel's METADATA as `<wheel>.metadata` (PEP 658) once, and return its sha256."""
     target = wheel.with_name(wheel.name + ".metadata")
     if not target.exists():  # a wheel served by its metadata alone always has it
-        with zipfile.ZipFile(wheel) as archive:
-            name = next(n for n in archive.namelist()
-                        if n.count("/") == 1 and n.split("/")[0].endswith(".dist-info") and n.endswith("/METADATA"))
-            target.write_bytes(archive.read(name))
+        target.write_bytes(_metadata_in(wheel))
     return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
@@ -429,9 +426,14 @@ def _wheel_metadata(url: str) -> str:
     with tempfile.TemporaryFile() as file:
         for chunk in _get(url).iter_content(1 << 20):
             file.write(chunk)
-        with zipfile.ZipFile(file) as archive:
-            name = next(n for n in archive.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n))
-            return archive.read(name).decode()
+        return _metadata_in(file).decode()
+
+
+def _metadata_in(wheel) -> bytes:
+    """The .dist-info/METADATA of a wheel (a path or an open file)."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n))
+        return archive.read(name)
 
 
 def _wheel_for(files: list[dict], python_tag: str, what: str) -> dict:

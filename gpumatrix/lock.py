@@ -21,7 +21,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from . import build, engine, layout
@@ -34,6 +33,7 @@ from .lockfile import (
     format_lock,
     input_texts,
     inputs_digest,
+    requirement_lines,
     validate_inputs,
     where_required,
 )
@@ -125,20 +125,15 @@ def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> 
     stage's version comes with torch from the torch index. Said as the user's input, exit 2, before pip-compile."""
     versions = {canonicalize_name(m.group(1)): m.group(3) for m in map(REQ_LINE.match, torch_stage) if m}
     found = []
-    for path, text in input_texts(project, job.cell).items():
-        for number, raw in enumerate(text.splitlines(), start=1):
-            try:
-                req = Requirement(raw.split(" #", 1)[0].strip())
-            except InvalidRequirement:
-                continue
-            have = versions.get(canonicalize_name(req.name))
-            if have is not None and not req.specifier.contains(have, prereleases=True):
-                found.append(f"{project.relative(path)}:{number}: {raw.strip()} conflicts with the torch stage: "
-                             f"torch {job.cell.torch_pin} comes with {req.name} {have} from the torch index "
-                             f"({redact(job.index_url)}), and the torch stage's versions are fixed (cell "
-                             f"{job.cell.name}); allow {have} in this line, or install {req.name} with torch: "
-                             f"`torch_stage_pins: [\"{req.name}==...\"]` in matrix.yaml (README, \"The locked "
-                             "application layer\")")
+    for where, line, req in requirement_lines(project, job.cell):
+        have = versions.get(canonicalize_name(req.name))
+        if have is not None and not req.specifier.contains(have, prereleases=True):
+            found.append(f"{where}: {line} conflicts with the torch stage: "
+                         f"torch {job.cell.torch_pin} comes with {req.name} {have} from the torch index "
+                         f"({redact(job.index_url)}), and the torch stage's versions are fixed (cell "
+                         f"{job.cell.name}); allow {have} in this line, or install {req.name} with torch: "
+                         f"`torch_stage_pins: [\"{req.name}==...\"]` in matrix.yaml (README, \"The locked "
+                         "application layer\")")
     if found:
         raise UsageError("\n".join(found))
 

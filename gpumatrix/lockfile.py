@@ -170,16 +170,23 @@ def validate_inputs(project: Project, cell: Cell) -> None:
         raise UsageError("\n".join(problems))
 
 
-def where_required(project: Project, cell: Cell, name: str) -> str:
-    """file:line of the .in line that names `name`, for messages about a requirement."""
-    wanted = canonicalize_name(name)
+def requirement_lines(project: Project, cell: Cell):
+    """(`file:line`, the line as written, its Requirement) for every requirement line of the cell's .in files."""
     for path, text in input_texts(project, cell).items():
         for number, raw in enumerate(text.splitlines(), start=1):
             try:
-                if canonicalize_name(Requirement(raw.split(" #", 1)[0].strip()).name) == wanted:
-                    return f"{project.relative(path)}:{number}"
+                req = Requirement(raw.split(" #", 1)[0].strip())
             except InvalidRequirement:
                 continue
+            yield f"{project.relative(path)}:{number}", raw.strip(), req
+
+
+def where_required(project: Project, cell: Cell, name: str) -> str:
+    """file:line of the .in line that names `name`, for messages about a requirement."""
+    wanted = canonicalize_name(name)
+    for where, _, req in requirement_lines(project, cell):
+        if canonicalize_name(req.name) == wanted:
+            return where
     return "a dependency of the cell's layers"
 
 
