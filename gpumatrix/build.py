@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests as http
 
-from . import engine
+from . import buildkit, engine
 from .cells import Cell
 from .engine import BuildOutcome, Listener
 from .errors import UsageError
@@ -23,24 +23,32 @@ from .request import BuildOverrides, BuildRequest, request_for
 
 def prepare(
     project: Project, image: str, cells: list[Cell], overrides: BuildOverrides, target: str | None = None,
-    nocache: bool = False,
+    nocache: bool = False, say=None,
 ) -> list[BuildRequest]:
-    """One request per cell. target="torch" stops after the torch stage (for locking: no lock needed yet)."""
+    """One request per cell, for the builder it gets (`say` hears each choice once: "builder: buildkit (...)").
+    target="base" stops after the base stage (for locking: no lock needed yet)."""
     env = environment(project.templates)
-    return [request_for(env, cell, image, verified_lock(project, cell) if target is None else None, overrides,
-                        target=target, nocache=nocache) for cell in cells]
+    requests, told = [], set()
+    for cell in cells:
+        choice = buildkit.choose(overrides.builder or cell.builder, overrides.network or cell.network)
+        if say is not None and choice not in told:
+            told.add(choice)
+            say(f"builder: {choice.builder} ({choice.why})")
+        requests.append(request_for(env, cell, image, verified_lock(project, cell) if target is None else None,
+                                    overrides, target=target, nocache=nocache, builder=choice.builder))
+    return requests
 
 
 def base_stage_key(req: BuildRequest) -> tuple:
     """What the `base` stage depends on: cells with the same key share that stage."""
     cell = req.cell
-    return req.base_image, cell.python, cell.pip, cell.os_packages
+    return req.base_image, cell.python, cell.pip, cell.os_packages, req.builder
 
 
 def torch_stage_key(req: BuildRequest) -> tuple:
     """What the `torch` stage depends on: the flavours of a cell share it."""
     cell = req.cell
-    return base_stage_key(req), cell.torch_stage_packages, req.index_url, cell.pre
+    return base_stage_key(req), cell.torch_stage_packages, req.index_url, cell.pre, req.builder
 
 
 def shared_stages(requests: list[BuildRequest]) -> list[BuildRequest]:
@@ -104,7 +112,7 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
     todo = [item for item in pending if isinstance(item, BuildRequest)]
     if jobs > 1:
         for stage in shared_stages([r for r in todo if not r.nocache]):
-            engine.build(client, stage, listener)  # its progress shows on the first cell of the group
+            build_image(client, stage, listener)  # its progress shows on the first cell of the group
     built = iter(run_parallel(lambda req: _build_one(req, listener), todo, jobs))
     return [item if isinstance(item, BuildOutcome) else next(built) for item in pending]
 
@@ -115,7 +123,12 @@ def _build_one(req: BuildRequest, listener: Listener) -> BuildOutcome:
         client = engine.connect()
     except UsageError as exc:
         return BuildOutcome(req.cell.name, "failed", req.tags, error=str(exc))
-    return engine.build(client, req, listener)
+    return build_image(client, req, listener)
+
+
+def build_image(client, req: BuildRequest, listener: Listener) -> BuildOutcome:
+    """The request's builder builds it: BuildKit through the buildx CLI, or the classic builder through the SDK."""
+    return (buildkit.build if req.builder == "buildkit" else engine.build)(client, req, listener)
 
 
 MAX_BUILD_RECORDS = 500  # builds.json keeps the newest; an image older than that is tested against its cell's bases

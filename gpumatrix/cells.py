@@ -61,6 +61,7 @@ class Cell:
     tags: tuple[str, ...] = field(default=())
     flavour: str | None = None  # cells of one torch stage with different app layers: name-<flavour>
     torch_stage_pins: tuple[tuple[str, str], ...] = ()  # (name, version) installed with torch from the torch index
+    builder: str | None = None  # buildkit | classic as matrix.yaml sets it; None: whichever answers
 
     @property
     def is_cuda(self) -> bool:
@@ -307,6 +308,7 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         repository=repository,
         tags=(f"{repository}:{name}",),
         torch_stage_pins=tuple(tuple(pin.split("==", 1)) for pin in s.torch_stage_pins),
+        builder=s.builder,
     )
 
 

@@ -21,6 +21,7 @@ from .render import environment, render_all
 from .lock import lock_cells
 from .lockfile import check_all, read_lock, remake_reason
 from .build import prepare, record_bases, run_builds, write_report
+from .buildkit import BUILDERS
 from .request import BuildOverrides, request_for
 from .secrets import has_credentials
 from .select import Filters, choose_one, select
@@ -180,6 +181,12 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _builder(value: str) -> str:
+    if value not in BUILDERS:
+        raise argparse.ArgumentTypeError(f"{value!r} is no builder: {' or '.join(BUILDERS)} (--builder or $GPUMATRIX_BUILDER)")
+    return value
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-image", type=IMAGE_ARG,
                    help="devel base instead of nvidia/cuda (a mirror, or the test stand-in)")
@@ -189,6 +196,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                         "$GPUMATRIX_INDEX_URL, the place for an index URL with credentials)")
     p.add_argument("--network", type=NETWORK_ARG,
                    help="network mode of the build containers, e.g. host to reach a loopback index")
+    p.add_argument("--builder", type=_builder, default=os.environ.get("GPUMATRIX_BUILDER") or None,
+                   help="buildkit (through docker buildx) or classic (the docker SDK); default: `builder` in "
+                        "matrix.yaml, else buildkit where docker buildx answers ($GPUMATRIX_BUILDER)")
 
 
 def cmd_render(args) -> int:
@@ -276,7 +286,8 @@ def chosen_cells(args, expansion: Expansion, verb: str) -> list:
 
 
 def overrides_of(args) -> BuildOverrides:
-    return BuildOverrides(args.base_image, args.runtime_image, args.index_url, args.network)
+    return BuildOverrides(args.base_image, args.runtime_image, args.index_url, args.network,
+                          getattr(args, "builder", None))
 
 
 def cmd_build(args) -> int:
@@ -288,7 +299,7 @@ def cmd_build(args) -> int:
     _refuse_directory(report_path, "--report")
     if not (args.locked or ci_is_set()):
         _lock_first(project, expansion.matrix.image, cells, overrides, args.jobs, args.verbose)
-    requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache)
+    requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache, say=report.info)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
         outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
     write_report(report_path, outcomes)

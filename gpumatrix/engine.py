@@ -217,10 +217,10 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
         )
         image_id = _follow(stream, outcome, listener)
         if image_id and outcome.error is None:
-            _finish(client, req, outcome, image_id)
+            finish(client, req, outcome, image_id)
     except CONNECTION_LOST as exc:
         outcome.status = "failed"
-        outcome.error = f"the Docker engine stopped answering during the build ({_first_line(exc)})"
+        outcome.error = f"the Docker engine stopped answering during the build ({first_line(exc)})"
     outcome.duration = time.monotonic() - started
     return outcome
 
@@ -262,7 +262,7 @@ class StepClock:
             self.outcome.steps[self.count - 1].seconds = round(time.monotonic() - self.since, 2)
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
     return (text.splitlines() or [type(exc).__name__])[0][:200]
 
@@ -296,7 +296,7 @@ def _failure_text(outcome: BuildOutcome, chunk: dict) -> str:
     return f"step {step.number}/{step.total} ({step.stage}) failed: {step.instruction}\n{tail}\n{message.strip()}"
 
 
-def _finish(client: docker.DockerClient, req: BuildRequest, outcome: BuildOutcome, image_id: str) -> None:
+def finish(client: docker.DockerClient, req: BuildRequest, outcome: BuildOutcome, image_id: str) -> None:
     image = client.images.get(image_id)
     if req.target is None:
         tag_cell(image, req.cell)

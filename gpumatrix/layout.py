@@ -18,6 +18,9 @@ CONSTRAINTS = f"{STATE_DIR}/constraints.txt"  # the whole environment's freeze; 
 LOCK_IN_CONTEXT = "app.lock"  # the lock's name in the build context
 LOCK_IN_IMAGE = f"{STATE_DIR}/{LOCK_IN_CONTEXT}"
 APP_LAYER = "/opt/app-layer"  # the devel app stage's files on their way to the runtime stage
+# BuildKit cache mounts (never part of the image): pip's and uv's download caches, and the compile cache of
+# extension builds. Each is shared by every build on the builder under the id gpumatrix-<name>.
+CACHE_MOUNTS = MappingProxyType({"pip": "/root/.cache/pip", "uv": "/root/.cache/uv", "compile": "/root/.cache/ccache"})
 
 # The runtime stage's ENV (PATH starts with the venv's bin; it is checked on its own).
 RUNTIME_ENV = MappingProxyType({
@@ -49,7 +52,7 @@ def container_labels(role: str, cell: str | None = None) -> dict[str, str]:
     return labels
 
 
-def for_template() -> dict[str, str]:
+def for_template() -> dict:
     return {
         "venv": VENV,
         "venv_python": VENV_PYTHON,
@@ -60,4 +63,5 @@ def for_template() -> dict[str, str]:
         "lock_in_context": LOCK_IN_CONTEXT,
         "lock_in_image": LOCK_IN_IMAGE,
         "app_layer": APP_LAYER,
+        "cache_mounts": dict(CACHE_MOUNTS),
     }

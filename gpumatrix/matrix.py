@@ -37,6 +37,7 @@ Registry = Annotated[str, StringConstraints(pattern=REGISTRY_PATTERN)]
 Companion = Literal["torchvision", "torchaudio"]
 Installer = Literal["uv", "pip"]
 AppStage = Literal["runtime", "devel"]
+Builder = Literal["buildkit", "classic"]
 
 
 def _without_credentials(url):
@@ -86,6 +87,7 @@ class Settings(_Strict):
     uv: Version | None = None
     app_stage: AppStage | None = None  # where the app layer is installed: on the runtime base, or the devel base
     network: Network | None = None
+    builder: Builder | None = None  # what builds the images; unset: BuildKit where docker buildx answers
     torch_stage_pins: list[TorchStagePin] | None = None  # name==version, installed with torch from the torch index
 
 

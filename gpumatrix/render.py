@@ -67,13 +67,19 @@ def expected_versions(cell: Cell) -> dict[str, str | None]:
     return wanted
 
 
-def render_cell(env: jinja2.Environment, cell: Cell, image: str) -> str:
-    text = _render(env, cell, image)
-    guard_instructions(text, _render(env, _skeleton(cell), image), cell.name)
+def render_cell(env: jinja2.Environment, cell: Cell, image: str, builder: str = "buildkit") -> str:
+    """The cell's Dockerfile for `builder`: BuildKit's variant mounts the download caches, the classic one does not."""
+    text = _render(env, cell, image, builder)
+    guard_instructions(text, _render(env, _skeleton(cell), image, builder), cell.name)
     return text
 
 
-def _render(env: jinja2.Environment, cell: Cell, image: str) -> str:
+def committed_variant(cell: Cell) -> str:
+    """What docker/<cell>/Dockerfile holds: the classic variant for a cell set to `builder: classic`, else BuildKit's."""
+    return "classic" if cell.builder == "classic" else "buildkit"
+
+
+def _render(env: jinja2.Environment, cell: Cell, image: str, builder: str) -> str:
     """The template rendered for `cell`; a template the project broke is one line naming its file and line."""
     try:
         return env.get_template(TEMPLATE).render(
@@ -82,6 +88,7 @@ def _render(env: jinja2.Environment, cell: Cell, image: str) -> str:
             expected=expected_versions(cell),
             labels=labels(cell, image),
             layout=layout.for_template(),
+            cache_mounts=builder == "buildkit",
             lock_format={"torch_stage_prefix": TORCH_STAGE_PREFIX},
             relock="make lock " + cell_filters(cell)[1],
         )
@@ -148,7 +155,7 @@ def render_all(project: Project, cells: tuple[Cell, ...], image: str, check: boo
     if project.docker.exists() and not project.docker.is_dir():
         raise UsageError(f"{project.docker}: is a file, where the rendered Dockerfiles' directory belongs")
     env = environment(project.templates)
-    texts = {cell.name: render_cell(env, cell, image) for cell in cells}
+    texts = {cell.name: render_cell(env, cell, image, committed_variant(cell)) for cell in cells}
     stale = [name for name, text in texts.items() if _read(project.dockerfile(name)) != text]
     leftovers = _leftover_dirs(project.docker, set(texts))
     if check:

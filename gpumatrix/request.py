@@ -20,13 +20,14 @@ from .render import content_digest, content_tag, labels, render_cell
 
 @dataclass(frozen=True)
 class BuildOverrides:
-    """The command line's --base-image, --runtime-image, --index-url and --network. They travel as build arguments
-    (the network as the build's network mode), so the committed Dockerfiles stay valid."""
+    """The command line's --base-image, --runtime-image, --index-url, --network and --builder. The first three travel
+    as build arguments (the network as the build's network mode), so the committed Dockerfiles stay valid."""
 
     base_image: str | None = None
     runtime_image: str | None = None
     index_url: str | None = None
     network: str | None = None
+    builder: str | None = None  # buildkit | classic; None: the cell's `builder`, else whichever answers
 
     def build_args(self, cell: Cell) -> dict[str, str]:
         args = {
@@ -47,6 +48,7 @@ class BuildRequest:
     network: str | None = None
     target: str | None = None  # a stage to stop after ("base", "torch"), or None for the whole image
     nocache: bool = False
+    builder: str = "buildkit"  # what builds it: buildkit (the buildx CLI) or classic (the docker SDK)
 
     @property
     def tags(self) -> list[str]:
@@ -86,11 +88,17 @@ def resolved_labels(cell: Cell, image: str, build_args: dict[str, str]) -> dict[
 
 
 def request_for(env: jinja2.Environment, cell: Cell, image: str, lock: bytes | None, overrides: BuildOverrides,
-                target: str | None = None, nocache: bool = False) -> BuildRequest:
-    """The request for one cell. The content tag covers the Dockerfile, the lock and the overrides' build arguments."""
-    dockerfile = render_cell(env, cell, image)
+                target: str | None = None, nocache: bool = False, builder: str = "buildkit") -> BuildRequest:
+    """The request for one cell. The content tag covers the Dockerfile, the lock and the overrides' build arguments.
+
+    The Dockerfile is the builder's variant (BuildKit's has cache mounts, which the classic builder cannot read);
+    the tag is always the BuildKit variant's, so both builders give a cell the same tag and either finds the other's
+    image in a registry.
+    """
+    dockerfile = render_cell(env, cell, image, builder)
+    tagged = dockerfile if builder == "buildkit" else render_cell(env, cell, image, "buildkit")
     extra = overrides.build_args(cell)
-    digest = content_digest(dockerfile, lock, extra)
+    digest = content_digest(tagged, lock, extra)
     return BuildRequest(
         cell=cell,
         dockerfile=dockerfile,
@@ -100,4 +108,5 @@ def request_for(env: jinja2.Environment, cell: Cell, image: str, lock: bytes | N
         network=overrides.network or cell.network,
         target=target,
         nocache=nocache,
+        builder=builder,
     )

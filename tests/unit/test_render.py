@@ -145,11 +145,14 @@ def test_rendered_dockerfile_contents(dockerfile: Path):
     variant = SHIPPED_VARIANTS[(cuda, torch)]
 
     assert "--extra-index-url" not in text
-    assert "RUN --mount" not in text and "--mount=" not in text
-    assert "<<" not in text  # no heredocs for the classic builder
+    # BuildKit's variant: the only mounts are the download caches, and nothing else needs BuildKit
+    mounts = set(re.findall(r"--mount=(\S+)", text))
+    assert mounts and mounts <= {"type=cache,id=gpumatrix-pip,target=/root/.cache/pip",
+                                 "type=cache,id=gpumatrix-uv,target=/root/.cache/uv"}, mounts
+    assert "<<" not in text  # no heredocs
     assert "pypi.org" not in text
     assert f"ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/{variant}\n" in text
-    install = re.search(r"RUN pip install [^\n]*--index-url \"\$\{TORCH_INDEX_URL\}\"(?:.*\\\n)*.*\n", text)
+    install = re.search(r"RUN (?:--mount=\S+ )*pip install [^\n]*--index-url \"\$\{TORCH_INDEX_URL\}\"(?:.*\\\n)*.*\n", text)
     assert install, "torch is not installed with --index-url"
     assert re.search(rf"^\s+torch=={re.escape(torch)}\+{variant}\b", install.group(0), re.M)
     # every pin in the torch install is an exact local version of this variant
@@ -219,14 +222,15 @@ def test_installer_setting_picks_uv_or_pip_for_the_app_layer(project, cli, write
         assert "AS app" not in text and "COPY --from=app" not in text
         assert "uv pip" not in text[:text.index("AS runtime")]
     install = next(step for step in steps(uv) if "uv pip install" in step)
-    assert install.startswith("RUN pip install --no-cache-dir --target /tmp/uv uv==0.13.1 ")
+    assert install.startswith("RUN --mount=type=cache,id=gpumatrix-pip,target=/root/.cache/pip --mount=type=cache,id=gpumatrix-uv,target=/root/.cache/uv pip install --cache-dir /root/.cache/pip --target /tmp/uv uv==0.13.1 ")
+    assert "--cache-dir /root/.cache/uv --link-mode copy" in install
     assert "--compile-bytecode" in install and "--require-hashes --no-deps" in install
     assert "--constraints /opt/gpumatrix/torch-constraints.txt" in install
     # a failed install on the runtime base (no compilers) ends with the way out
     assert re.search(r"\|\| \{ echo \"[^\"]*set app_stage: devel for this cell\"; exit 1; \}; \}", install)
     assert install.rstrip().endswith("&& rm -r /tmp/uv /tmp/before /tmp/after /tmp/added /tmp/touched /tmp/changed /tmp/marker")
     assert "uv" not in pip.replace("VIRTUAL_ENV", "")
-    assert any(step.startswith("RUN python -B -c") and "pip install --no-cache-dir --require-hashes" in step
+    assert any(step.startswith("RUN --mount=type=cache,id=gpumatrix-pip,target=/root/.cache/pip python -B -c") and "pip install --cache-dir /root/.cache/pip --require-hashes" in step
                for step in steps(pip))
 
 
@@ -247,11 +251,63 @@ def test_app_stage_devel_installs_on_the_devel_base_and_copies_the_files(project
     assert render(cli, project)[0] == 0
     text = (project / "docker" / "cu12.8-py3.11-torch2.7.1" / "Dockerfile").read_text()
     app, runtime = text[text.index("AS app"):text.index("AS runtime")], text[text.index("AS runtime"):]
-    assert "RUN pip install --no-cache-dir --target /opt/uv uv==" in app and "/opt/uv/bin/uv pip install" in app
+    assert "RUN --mount=type=cache,id=gpumatrix-pip,target=/root/.cache/pip pip install --cache-dir /root/.cache/pip --target /opt/uv uv==" in app and "/opt/uv/bin/uv pip install" in app
     assert "mv \"$path\" \"/opt/app-layer${path}\"" in app
     assert "COPY --from=app /opt/app-layer/ /" in runtime
     assert "uv" not in runtime.replace("VIRTUAL_ENV", "") and "app.lock" not in runtime
     assert "set app_stage: devel" not in text
+
+
+CACHE_MOUNT = re.compile(r"--mount=type=cache,id=gpumatrix-(pip|uv),target=/root/\.cache/(pip|uv) ")
+
+
+def as_classic(buildkit_text: str) -> str:
+    """BuildKit's variant with its cache mounts taken out, as the classic builder's variant must read: written here
+    from the two variants' contract, not from the template."""
+    text = CACHE_MOUNT.sub("", buildkit_text)
+    text = text.replace("--cache-dir /root/.cache/pip", "--no-cache-dir")
+    return text.replace("--cache-dir /root/.cache/uv --link-mode copy", "--no-cache")
+
+
+@pytest.mark.parametrize("installer,app_stage", [("uv", "runtime"), ("pip", "runtime"), ("uv", "devel"),
+                                                 ("pip", "devel")])
+def test_the_classic_variant_is_buildkits_without_the_cache_mounts(installer, app_stage, project, cli, write_matrix,
+                                                                      matrix_text):
+    """The drift check covers both variants that get built: the committed files are BuildKit's, and the classic
+    builder's differs from them in the cache mounts alone, so it cannot drift on its own."""
+    write_matrix(project, matrix_text(cuda=("12.8", "cpu"), python=("3.11",), torch=("2.7.1",), extra=f"""\
+        settings:
+          layers: [app]
+          installer: {installer}
+          app_stage: {app_stage}
+        overrides:
+          - match: {{cuda: cpu}}
+            builder: classic
+        """))
+    assert render(cli, project)[0] == 0
+    buildkit = (project / "docker" / "cu12.8-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    classic = (project / "docker" / "cpu-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    assert "--mount=type=cache" in buildkit and "--cache-dir /root/.cache/pip" in buildkit
+    assert "--mount" not in classic and "--cache-dir" not in classic
+    write_matrix(project, matrix_text(cuda=("12.8", "cpu"), python=("3.11",), torch=("2.7.1",), extra=f"""\
+        settings:
+          layers: [app]
+          installer: {installer}
+          app_stage: {app_stage}
+        """))
+    assert render(cli, project)[0] == 0
+    cpu_buildkit = (project / "docker" / "cpu-py3.11-torch2.7.1" / "Dockerfile").read_text()
+    assert as_classic(cpu_buildkit) == classic
+
+
+def test_a_builder_that_is_no_builder_is_refused(project, cli, write_matrix, matrix_text):
+    write_matrix(project, matrix_text(cuda=("cpu",), python=("3.11",), torch=("2.7.1",), extra="""\
+        settings:
+          builder: kaniko
+        """))
+    rc, err = render(cli, project)
+    assert rc == 2 and "settings.builder" in err and "'buildkit' or 'classic'" in err and "Traceback" not in err
+    assert not (project / "docker").exists() or not list((project / "docker").glob("*/Dockerfile"))
 
 
 def steps(dockerfile: str) -> list[str]:
