@@ -9,7 +9,7 @@ JOBS ?= 1
 FILTERS := $(if $(CUDA),--cuda $(CUDA)) $(if $(PYTHON),--python $(PYTHON)) $(if $(TORCH),--torch $(TORCH)) \
            $(if $(FLAVOUR),--flavour $(FLAVOUR))
 OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE),--runtime-image $(RUNTIME_IMAGE)) \
-	$(if $(INDEX_URL),--index-url $(INDEX_URL)) $(if $(NETWORK),--network $(NETWORK))
+	$(if $(INDEX_URL),--index-url $(INDEX_URL)) $(if $(NETWORK),--network $(NETWORK)) $(if $(BUILDER),--builder $(BUILDER))
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)
 
 .PHONY: venv render check list image images lock lock-check test unit integration demo bench clean
@@ -33,10 +33,10 @@ list: venv
 	$(BUILD) list $(FILTERS)
 
 image: venv
-	$(BUILD) build $(FILTERS) $(OVERRIDES) $(if $(FORCE),--force)
+	$(BUILD) build $(FILTERS) $(OVERRIDES) $(if $(FORCE),--force) $(if $(REGISTRY),--registry $(REGISTRY))
 
 images: venv
-	$(BUILD) build --all -j $(JOBS) $(FILTERS) $(OVERRIDES) $(if $(FORCE),--force)
+	$(BUILD) build --all -j $(JOBS) $(FILTERS) $(OVERRIDES) $(if $(FORCE),--force) $(if $(REGISTRY),--registry $(REGISTRY))
 
 lock: venv
 	$(BUILD) lock -j $(JOBS) $(FILTERS) $(OVERRIDES)

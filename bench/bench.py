@@ -216,6 +216,30 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
         f"{seconds['two']:.1f} s / {seconds['one']:.1f} s (both cold)", "<= 1.3")
 
 
+def bench_builders(client, mode: Mode, project: Path, standin: str, index: LoopbackIndex) -> None:
+    """BuildKit (buildx) against the classic builder on the same cell in one run: cold (each on a base copy of its
+    own, BuildKit's download caches emptied first), then each after the same lock change."""
+    seconds: dict[tuple[str, str], float] = {}
+    bases = {builder: fresh_base(client, standin, f"builder-{builder}") for builder in ("buildkit", "classic")}
+    try:
+        timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])
+        for builder, base in bases.items():
+            seconds[builder, "cold"] = timed(cli(project, "build", *cell_args(mode), "--builder", builder,
+                                                 *overrides_for(base, index)))
+        layer = project / "requirements" / f"{mode.layer}.in"
+        layer.write_text(layer.read_text() + "six>=1.16\n")
+        timed(cli(project, "lock", *cell_args(mode), *overrides_for(bases["buildkit"], index)))
+        for builder, base in bases.items():
+            seconds[builder, "lock"] = timed(cli(project, "build", *cell_args(mode), "--builder", builder,
+                                                 *overrides_for(base, index)))
+    finally:
+        for base in bases.values():
+            remove_descendants(client, base)
+    for when, what in (("cold", "cold build"), ("lock", "rebuild after a lock change")):
+        bk, classic = seconds["buildkit", when], seconds["classic", when]
+        row(f"BuildKit / classic builder, {what}", bk / classic, f"{bk:.1f} s / {classic:.1f} s", "< 1")
+
+
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
     image = client.images.get(image_ref)
     # du's own total: mawk prints a sum over 2^31 as 6.5e+09
@@ -458,12 +482,22 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             bench_naive(client, mode, project, base, index.url, size)
             bench_lock(client, mode, project, overrides)
             bench_shared_stage(client, mode, project, standin, index)
+            bench_builders(client, mode, project, standin, index)
     finally:
         shutil.rmtree(project, ignore_errors=True)
         remove_image(client, "gpumatrix-bench:naive")
         for tag in ("gpumatrix-bench:base", "gpumatrix-bench:lock-base", "gpumatrix-bench:flavour-lock-base",
                     "gpumatrix-bench:shared-one", "gpumatrix-bench:shared-two"):
             remove_descendants(client, tag)
+        remove_bench_tags(client)
+
+
+def remove_bench_tags(client) -> None:
+    """Images BuildKit built have no parent chain to follow from the base: every tag of the bench's registry goes."""
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"{REGISTRY}/"):
+                remove_image(client, tag)
 
 
 def main() -> int:

@@ -200,12 +200,14 @@ def index_requirements(lock: pathlib.Path) -> list[str]:
 
 
 class LoopbackIndex:
-    """A PEP 503 simple index on 127.0.0.1, served from a directory of wheels."""
+    """A PEP 503 simple index on 127.0.0.1 (or another address of this host), served from a directory of wheels."""
 
-    def __init__(self, root: pathlib.Path, port: int = 0, fallback: str | None = None):
-        """fallback: an index (e.g. PYPI_SIMPLE) that a project page this index does not hold is redirected to."""
+    def __init__(self, root: pathlib.Path, port: int = 0, fallback: str | None = None, host: str = "127.0.0.1"):
+        """fallback: an index (e.g. PYPI_SIMPLE) that a project page this index does not hold is redirected to.
+        host: the address served on; the engine's bridge gateway reaches build steps in the default network."""
         self.root = pathlib.Path(root)
         self.port = port
+        self.host = host
         self.fallback = fallback
         self.requests: list[str] = []
         self._lock = threading.Lock()
@@ -220,7 +222,7 @@ class LoopbackIndex:
     def url(self) -> str:
         if self._server is None:
             raise StandinError("index not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/simple"
+        return f"http://{self.host}:{self._server.server_address[1]}/simple"
 
     def fill(self, requirements: list[str], python_version: str = "3.11",
              log: Log = print, local_version: dict[str, str] | None = None) -> None:
@@ -322,7 +324,7 @@ class LoopbackIndex:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.write_pages()
         handler = _handler_for(self)
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server = http.server.ThreadingHTTPServer((self.host, self.port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="loopback-index", daemon=True
         )

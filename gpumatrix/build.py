@@ -16,6 +16,7 @@ from .errors import UsageError
 from .lockfile import verified_lock
 from .parallel import run_parallel
 from .project import Project, read_input, write_atomic
+from .registry import Lookup
 from .secrets import redact
 from .render import content_tag, environment
 from .request import BuildOverrides, BuildRequest, request_for
@@ -90,10 +91,16 @@ def _reason(exc: Exception) -> str:
     return redact(errno.group(1) if errno else (text.splitlines() or [type(exc).__name__])[0])[:200]
 
 
-def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: Listener) -> list[BuildOutcome]:
+IN_REGISTRY = "in registry"  # a cell's status when its content tag is in the registry: tested, pushed, done
+
+
+def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: Listener,
+               lookup: Lookup | None = None) -> list[BuildOutcome]:
     """Check the bases first (bad ones are refused before anything builds), then build with `jobs` workers.
 
-    With more than one worker, a `base` stage that several cells share is built once, before the cells.
+    A cell whose content tag is on the engine is skipped; one whose content tag is in the registry (`lookup`) is
+    done: that image was tested before it was pushed. With more than one worker, a `base` stage that several cells
+    share is built once, before the cells.
     """
     client = engine.connect()
     pending, probed = [], set()
@@ -102,6 +109,10 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
         if skipped:
             listener(req.cell.name, None, "content tag present: skipped (--force rebuilds)")
             pending.append(skipped)
+            continue
+        pushed = None if force or lookup is None or req.target else _in_registry(client, req, lookup, listener)
+        if pushed:
+            pending.append(pushed)
             continue
         for image in dict.fromkeys(req.base_images):
             engine.ensure_base(client, image, req.cell)
@@ -115,6 +126,16 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
             build_image(client, stage, listener)  # its progress shows on the first cell of the group
     built = iter(run_parallel(lambda req: _build_one(req, listener), todo, jobs))
     return [item if isinstance(item, BuildOutcome) else next(built) for item in pending]
+
+
+def _in_registry(client, req: BuildRequest, lookup: Lookup, listener: Listener) -> BuildOutcome | None:
+    digest = lookup.digest(client, req.content_tag)
+    if digest is None:
+        return None
+    ref = lookup.ref(req.content_tag)
+    listener(req.cell.name, None, f"content tag in the registry: {ref}@{digest[:19]}, tested before it was pushed; "
+                                  "nothing to build (--force builds it)")
+    return BuildOutcome(req.cell.name, IN_REGISTRY, [ref], digest=digest)
 
 
 def _build_one(req: BuildRequest, listener: Listener) -> BuildOutcome:
@@ -158,6 +179,19 @@ def read_build_records(project: Project) -> dict[str, dict]:
         return {}
     return {k: v for k, v in data.items() if isinstance(v, dict) and all(
         isinstance(v.get(f), str) for f in ("cell", "base_image", "runtime_image"))}
+
+
+def read_in_registry(path: Path) -> dict[str, str]:
+    """cell -> `<registry>/<image>:<tag>@<digest>` for each cell the build report at `path` found in the registry;
+    empty when there is no such report (it is gpumatrix's own output, rewritten by the next build)."""
+    try:
+        data = json.loads(read_input(path, "build report"))
+    except (UsageError, ValueError):
+        return {}
+    records = data.get("cells") if isinstance(data, dict) else None
+    return {r["cell"]: f"{r['tags'][0]}@{r['digest']}" for r in records or [] if isinstance(r, dict)
+            and r.get("status") == IN_REGISTRY and isinstance(r.get("cell"), str) and isinstance(r.get("digest"), str)
+            and isinstance(r.get("tags"), list) and r["tags"] and isinstance(r["tags"][0], str)}
 
 
 def write_report(path: Path, outcomes: list[BuildOutcome]) -> None:

@@ -202,8 +202,10 @@ class _Progress:
         self.listener(self.outcome.cell, step, None)
 
     def _on_step_line(self, step: Step, rest: str) -> None:
-        if rest == "CACHED":
+        if rest == "CACHED":  # said as the classic builder says it, so -v shows the step was served by the cache
             step.cached = True
+            step.output.append("CACHED")
+            self.listener(self.outcome.cell, step, "CACHED")
             return
         done = DONE_RE.match(rest)
         if done:

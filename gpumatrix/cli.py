@@ -20,8 +20,9 @@ from .project import Project, read_input, write_atomic
 from .render import environment, render_all
 from .lock import lock_cells
 from .lockfile import check_all, read_lock, remake_reason
-from .build import prepare, record_bases, run_builds, write_report
+from .build import IN_REGISTRY, prepare, record_bases, run_builds, write_report
 from .buildkit import BUILDERS
+from .registry import Lookup
 from .request import BuildOverrides, request_for
 from .secrets import has_credentials
 from .select import Filters, choose_one, select
@@ -97,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="JSON build report (default out/build-report.json)")
     p.add_argument("--locked", action="store_true",
                    help="refuse a missing or stale lock instead of making it first (always so when CI is set)")
+    _add_lookup(p, "a cell already there is done, not built")
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser("lock", help="resolve each cell's torch stage from the torch index's metadata and pip-compile "
@@ -179,6 +181,13 @@ def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
     return int(value)
+
+
+def _add_lookup(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--registry", type=REGISTRY_ARG,
+                   help=f"look each content tag up in this registry (the one push pushes to; default: `registry` of "
+                        f"matrix.yaml): {what}")
+    p.add_argument("--no-lookup", action="store_true", help="do not ask the registry first")
 
 
 def _builder(value: str) -> str:
@@ -301,7 +310,8 @@ def cmd_build(args) -> int:
         _lock_first(project, expansion.matrix.image, cells, overrides, args.jobs, args.verbose)
     requests = prepare(project, expansion.matrix.image, cells, overrides, nocache=args.no_cache, say=report.info)
     with report.BuildProgress([r.cell.name for r in requests], args.verbose) as progress:
-        outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress)
+        outcomes = run_builds(requests, args.jobs, args.force or args.no_cache, progress,
+                              _lookup(args, expansion.matrix))
     write_report(report_path, outcomes)
     record_bases(project, requests, outcomes)
     report.build_summary(outcomes)
@@ -311,6 +321,13 @@ def cmd_build(args) -> int:
             report.info(f"{o.cell}: {' '.join(o.tags)}")
     _fail_if_any([o.cell for o in outcomes if o.status == "failed"], len(outcomes), "cells failed")
     return 0
+
+
+def _lookup(args, matrix) -> Lookup | None:
+    """Where build looks content tags up: `<registry>/<image>` (--registry, else matrix.yaml's)."""
+    if args.no_lookup:
+        return None
+    return Lookup(f"{(args.registry or matrix.registry).rstrip('/')}/{matrix.image}", report.info)
 
 
 ONE_IMAGE_ONLY = "--image names one image, but {count} cells match: narrow the filters to one cell"
@@ -407,6 +424,9 @@ def cmd_test(args) -> int:
                                 base_image=args.base_image, runtime_image=args.runtime_image, out=args.out)
     results = imagetest.run_cells(project, expansion.matrix.image, cells, options, report.info)
     for r in results:
+        if r.mode == IN_REGISTRY:
+            report.info(f"{r.cell}: in the registry as {r.image}, tested before it was pushed; nothing to test")
+            continue
         c = r.counts
         report.info(f"{r.cell}: {'passed' if r.passed else 'FAILED'} ({c.get('passed', 0)} passed, "
                     f"{c.get('failed', 0) + c.get('error', 0)} failed, {c.get('skipped', 0)} skipped); "
@@ -447,10 +467,13 @@ def cmd_push(args) -> int:
     for o in outcomes:
         if o.status == "pushed":
             report.info(f"{o.cell}: pushed {len(o.tags)} tag(s) in {o.duration:.1f}s: {o.reference}")
+        elif o.status == IN_REGISTRY:
+            report.info(f"{o.cell}: in the registry as {o.repository}:{o.tags[0]}@{o.digest}, pushed before; "
+                        "nothing to push")
         else:
             report.problem(f"{o.cell}: {o.error}")
     report.info(f"catalog: {catalog_dir / 'images.json'}, {catalog_dir / 'images.md'}")
-    _fail_if_any([o.cell for o in outcomes if o.status != "pushed"], len(outcomes), "pushes failed")
+    _fail_if_any([o.cell for o in outcomes if o.status == "failed"], len(outcomes), "pushes failed")
     return 0
 
 

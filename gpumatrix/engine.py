@@ -99,7 +99,7 @@ class Step:
 @dataclass
 class BuildOutcome:
     cell: str
-    status: str  # built | skipped | failed
+    status: str  # built | skipped | in registry | failed
     tags: list[str]
     image_id: str | None = None
     size: int | None = None
@@ -107,6 +107,7 @@ class BuildOutcome:
     steps: list[Step] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    digest: str | None = None  # the registry's manifest digest, for a cell found there (status "in registry")
 
     @property
     def cache_hits(self) -> int:

@@ -30,7 +30,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 
 from . import engine, layout
-from .build import read_build_records
+from .build import IN_REGISTRY, read_build_records, read_in_registry
 from .cells import Cell
 from .errors import UsageError
 from .lockfile import pinned, torch_stage_pins
@@ -311,7 +311,11 @@ def read_test_record(path: Path) -> tuple[TestRecord | None, str | None]:
 
 
 def run_cells(project: Project, image_name: str, cells: list[Cell], options: Options, log: Log) -> list[CellResult]:
-    """Check every cell's image (or the local environment); refuses missing images before testing anything."""
+    """Check every cell's image (or the local environment); refuses missing images before testing anything.
+
+    A cell with no image on the engine that the last build found in the registry (its build report says "in
+    registry") is done: that image was tested before it was pushed, so it is not tested again.
+    """
     out = options.out or project.out / "tests"
     locks = {cell.name: _lock_bytes(project, cell) for cell in cells}
     if options.local:
@@ -324,20 +328,30 @@ def run_cells(project: Project, image_name: str, cells: list[Cell], options: Opt
                          "or check an environment on this host with --local")
     client = engine.connect()
     refs = {cell.name: options.image or cell.tags[0] for cell in cells}
-    images = {}
+    images, pushed = {}, {}
     missing = []
+    in_registry = {} if options.image else read_in_registry(project.out / "build-report.json")
     for cell in cells:
         try:
             images[cell.name] = client.images.get(refs[cell.name])
+            continue
         except ImageNotFound:
+            pass
+        if cell.name in in_registry:
+            pushed[cell.name] = CellResult(cell=cell.name, mode=IN_REGISTRY, image=in_registry[cell.name],
+                                           image_id=None, passed=True, gpu=False, junit="", summary="")
+        else:
             missing.append(f"{cell.name}: no image {refs[cell.name]} on the engine; build it first "
                            f"(make image {cell_filters(cell)[1]})")
     if missing:
         raise UsageError("\n".join(missing))
     built = read_build_records(project)
-    return [_run_cell(project, image_name, cell, locks[cell.name],
+    return [pushed[cell.name] if cell.name in pushed else
+            _run_cell(project, image_name, cell, locks[cell.name],
                       _with_bases_built_on(options, built.get(images[cell.name].id), cell, log),
                       out, log, client=client, image=images[cell.name], python_exe="python") for cell in cells]
+
+
 
 
 def _with_bases_built_on(options: Options, record: dict | None, cell: Cell, log: Log) -> Options:

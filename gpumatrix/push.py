@@ -10,11 +10,10 @@ Credentials come from the docker config or REGISTRY_USER / REGISTRY_PASSWORD and
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -28,68 +27,10 @@ from .errors import UsageError, WorkFailed
 from .imagetest import MISSING, read_test_record
 from .project import Project
 from .select import cell_filters
-from .secrets import Secrets
-
-TRANSIENT_RE = re.compile(
-    r"connection refused|connection reset|broken pipe|\bEOF\b|i/o timeout|TLS handshake timeout|timed out"
-    r"|(status|code)[: ]+5\d\d|\b50[0-4] [A-Z]|internal server error|bad gateway|service unavailable"
-    r"|gateway timeout|too many requests|toomanyrequests",
-    re.IGNORECASE,
-)
-AUTH_RE = re.compile(
-    r"unauthori[sz]ed|authentication required|no basic auth credentials|denied|forbidden|\b401\b|\b403\b"
-    r"|incorrect username or password",
-    re.IGNORECASE,
-)
+from .build import IN_REGISTRY, read_in_registry
+from .registry import AuthError, Credentials, PushError, Scrubber, TransientPushError, classify, explain
 
 Listener = Callable[[str, str], None]  # (cell name, one line for the user)
-
-
-class PushError(Exception):
-    """A push that failed and is not worth retrying."""
-
-
-class TransientPushError(PushError):
-    """Connection refused or reset, a 5xx: worth another attempt after a pause."""
-
-
-class AuthError(PushError):
-    """The registry refused the credentials (or there were none): never retried."""
-
-
-def classify(message: str) -> PushError:
-    if AUTH_RE.search(message):
-        return AuthError(message)
-    if TRANSIENT_RE.search(message):
-        return TransientPushError(message)
-    return PushError(message)
-
-
-# ---- credentials ------------------------------------------------------------------------------------------------
-
-
-class Scrubber(Secrets):
-    """Masks the registry password in every form (plain, URL-quoted, base64 of user:password) and every credential
-    gpumatrix.secrets recognises: the one implementation behind every line the CLI prints (report.py redacts with
-    the secrets `cli.main` remembers, REGISTRY_PASSWORD among them)."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-    @classmethod
-    def from_env(cls, env=os.environ) -> Credentials | None:
-        """REGISTRY_USER / REGISTRY_PASSWORD; None when unset (the docker config's credentials then apply)."""
-        user, password = env.get("REGISTRY_USER"), env.get("REGISTRY_PASSWORD")
-        if not user and not password:
-            return None
-        if not user or not password:
-            missing = "REGISTRY_USER" if not user else "REGISTRY_PASSWORD"
-            raise UsageError(f"{missing} is not set: give both REGISTRY_USER and REGISTRY_PASSWORD, or neither")
-        return cls(user, password)
-
 
 def login(client: docker.DockerClient, registry: str, creds: Credentials, scrub: Scrubber, settings: RetrySettings) -> None:
     """SDK login (the engine checks the credentials against the registry); kept in the client, never written."""
@@ -99,16 +40,12 @@ def login(client: docker.DockerClient, registry: str, creds: Credentials, scrub:
         try:
             client.login(username=creds.username, password=creds.password, registry=host, reauth=True)
         except (DockerException, RequestException) as exc:
-            raise classify(scrub(_explain(exc))) from None
+            raise classify(scrub(explain(exc))) from None
 
     try:
         _retrying(settings, lambda rs: None)(attempt)
     except PushError as exc:
         raise type(exc)(f"login to {host} as {creds.username} failed: {exc}") from None
-
-
-def _explain(exc: Exception) -> str:
-    return str(getattr(exc, "explanation", None) or exc).strip()
 
 
 # ---- the plan: which images may be pushed -----------------------------------------------------------------------
@@ -182,7 +119,7 @@ class RetrySettings:
 @dataclass
 class PushOutcome:
     cell: str
-    status: str  # pushed | failed
+    status: str  # pushed | in registry | failed
     repository: str
     tags: list[str]
     digest: str | None = None
@@ -226,7 +163,7 @@ def push_cell(client: docker.DockerClient, req: PushRequest, settings: RetrySett
         kind = "authentication failed (not retried)" if isinstance(exc, AuthError) else "push failed"
         outcome.error = scrub(f"{kind}: {exc}")
     except (DockerException, RequestException) as exc:
-        outcome.error = scrub(f"push failed: {_explain(exc)}")
+        outcome.error = scrub(f"push failed: {explain(exc)}")
     outcome.duration = time.monotonic() - started
     return outcome
 
@@ -247,7 +184,7 @@ def _push_tag(client, req: PushRequest, tag: str, settings: RetrySettings, liste
         try:
             stream = client.api.push(req.repository, tag=tag, stream=True, decode=True)
         except (DockerException, RequestException) as exc:
-            raise classify(f"the engine refused the push: {_explain(exc)}") from None
+            raise classify(f"the engine refused the push: {explain(exc)}") from None
         pushed = read_push_stream(stream, lambda line: listener(req.cell.name, f"tag {tag}: {line}"))
         found = registry_digest(client, ref)
         if found != pushed:
@@ -282,7 +219,7 @@ def read_push_stream(stream, progress: Callable[[str], None] = lambda line: None
                     progress(f"layer {layer}: the engine is {status.lower()}")
                 countdown[layer] = seconds
     except (DockerException, RequestException) as exc:
-        raise classify(f"the engine stopped answering: {_explain(exc)}") from None
+        raise classify(f"the engine stopped answering: {explain(exc)}") from None
     if digest is None:
         raise TransientPushError("the push stream ended without a manifest digest")
     return digest
@@ -293,7 +230,7 @@ def registry_digest(client: docker.DockerClient, ref: str) -> str:
     try:
         return client.images.get_registry_data(ref).id
     except (DockerException, RequestException) as exc:
-        raise classify(f"reading {ref} back from the registry failed: {_explain(exc)}") from None
+        raise classify(f"reading {ref} back from the registry failed: {explain(exc)}") from None
 
 
 def push_all(client: docker.DockerClient, requests: list[PushRequest], settings: RetrySettings, listener: Listener,
@@ -308,13 +245,21 @@ def push_all(client: docker.DockerClient, requests: list[PushRequest], settings:
 def run(project: Project, cells: list[Cell], registry: str, image_name: str, catalog_dir: Path,
         settings: RetrySettings, log: Callable[[str], None]) -> list[PushOutcome]:
     """Push every cell or none: the catalog and every cell's image and test record are checked before anything is
-    pushed; each image's SBOM rides in the catalog; the catalog records what was pushed and drops what failed."""
+    pushed; each image's SBOM rides in the catalog; the catalog records what was pushed and drops what failed.
+    A cell with no image on the engine that the last build found in this registry (its build report says "in
+    registry") was pushed before: it is left as it is there and in the catalog."""
     creds = Credentials.from_env()
     scrub = Scrubber()
     if creds:
         scrub.add(creds.password, creds.username)
     catalog.load_catalog(catalog_dir)  # a catalog that is no catalog is refused before the engine is asked
     client = engine.connect()
+    repository = f"{registry.rstrip('/')}/{image_name}"
+    found = read_in_registry(project.out / "build-report.json")
+    done = [o for cell in cells if (o := already_pushed(client, cell, repository, found))]
+    cells = [cell for cell in cells if cell.name not in {o.cell for o in done}]
+    if not cells:
+        return done
     requests = plan(project, client, cells, registry, image_name)
     requests = sbom.for_push(project, client, requests, log)
     if creds:
@@ -327,4 +272,13 @@ def run(project: Project, cells: list[Cell], registry: str, image_name: str, cat
         log(f"logged in to {grammar.registry_host(registry)} as {creds.username} (REGISTRY_USER)")
     outcomes = push_all(client, requests, settings, lambda cell, line: log(scrub(f"{cell}: {line}")), scrub)
     catalog.update_catalog(catalog_dir, requests, outcomes)
-    return outcomes
+    return done + outcomes
+
+
+def already_pushed(client: docker.DockerClient, cell: Cell, repository: str, found: dict[str, str]) -> PushOutcome | None:
+    """The cell's image is not here, and the last build found it in this repository: nothing to push."""
+    ref = found.get(cell.name)
+    if ref is None or not ref.startswith(f"{repository}:") or engine.present(client, cell.tags[0]) is not None:
+        return None
+    tagged, digest = ref.rsplit("@", 1)
+    return PushOutcome(cell.name, IN_REGISTRY, repository, [tagged.rsplit(":", 1)[1]], digest=digest)

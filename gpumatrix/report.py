@@ -109,7 +109,7 @@ class BuildProgress:
     def __call__(self, cell: str, step, line: str | None) -> None:
         task = self.tasks[cell]
         if step is None:
-            self.progress.update(task, stage="skipped", total=1, completed=1)
+            self.progress.update(task, stage="done", total=1, completed=1)
             self.progress.console.print(f"{cell}: {line}", markup=False)
             return
         self.progress.start_task(task)

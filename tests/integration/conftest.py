@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import subprocess
 
 import docker
 import pytest
@@ -105,6 +106,18 @@ def standin_base(docker_client, cache_dir) -> str:
 def torch_index(cache_dir):
     with cpu_index(cache_dir) as index:
         yield index
+
+
+@pytest.fixture(scope="session")
+def buildx() -> str:
+    """`docker buildx version` as it answers; a missing buildx fails under CI and skips elsewhere."""
+    try:
+        answer = subprocess.run(["docker", "buildx", "version"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        answer = None
+    if answer is None or answer.returncode != 0:
+        unavailable("docker buildx not found: install Debian's docker-buildx (trixie; .ci/run shows how)")
+    return answer.stdout.strip()
 
 
 @pytest.fixture(scope="session")

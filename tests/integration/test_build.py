@@ -20,11 +20,24 @@ from support.reports import build_report
 from support.standins import STANDIN_CELL as CELL
 
 
+@pytest.fixture(scope="module", params=["buildkit", "classic"])
+def builder(request) -> str:
+    """Every test of this module runs on both builders, each on a project of its own."""
+    if request.param == "buildkit":
+        request.getfixturevalue("buildx")
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("project"))
+def project(tmp_path_factory, builder) -> Path:
+    root = copy_project(tmp_path_factory.mktemp(f"project-{builder}"))
     (root / "locks").mkdir()
     return root
+
+
+@pytest.fixture(scope="module")
+def flags(stand_ins, builder) -> list[str]:
+    return [*stand_ins, "--builder", builder]
 
 
 def lock_text(project: Path) -> str:
@@ -35,11 +48,11 @@ def requirement_names(text: str) -> set[str]:
     return {m.group(1).lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9._-]+)==", text, re.MULTILINE)}
 
 
-def test_lock_resolves_the_torch_stage_from_metadata_without_building_it(project, stand_ins, torch_index,
+def test_lock_resolves_the_torch_stage_from_metadata_without_building_it(project, flags, torch_index,
                                                                          docker_client):
     images_before = {image.id for image in docker_client.images.list(all=True)}
     requests_before = len(torch_index.requests)
-    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
+    result = cli(project, "lock", "--cuda", "cpu", *flags)
     assert result.returncode == 0, result.stderr
     asked = torch_index.requests[requests_before:]
     assert "/files/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl.metadata" in asked, asked
@@ -58,19 +71,21 @@ def test_lock_resolves_the_torch_stage_from_metadata_without_building_it(project
     assert cli(project, "lock", "--check", "--cuda", "cpu").returncode == 0
 
 
-def test_lock_is_byte_identical_when_run_again(project, stand_ins):
+def test_lock_is_byte_identical_when_run_again(project, flags):
     first = lock_text(project)
-    result = cli(project, "lock", "--cuda", "cpu", *stand_ins)
+    result = cli(project, "lock", "--cuda", "cpu", *flags)
     assert result.returncode == 0, result.stderr
     assert lock_text(project) == first
 
 
 def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(
-    project, stand_ins, docker_client, torch_index, containers
+    project, flags, builder, docker_client, torch_index, containers
 ):
-    result = cli(project, "build", "--cuda", "cpu", "--force", *stand_ins)
+    index_requests = len(torch_index.requests)
+    result = cli(project, "build", "--cuda", "cpu", "--force", *flags)
     assert result.returncode == 0, result.stderr
     assert f"building {CELL}" in result.stderr
+    assert f"builder: {builder} (asked for)" in result.stderr
     image = docker_client.images.get(f"{REPOSITORY}:{CELL}")
     content_tags = [t for t in image.tags if re.fullmatch(rf"{re.escape(REPOSITORY)}:{CELL}-[0-9a-f]{{12}}", t)]
     assert content_tags, image.tags
@@ -79,27 +94,37 @@ def test_build_makes_a_tagged_labelled_image_with_torch_from_the_loopback_index(
     assert labels["io.gpumatrix.python"] == "3.11"
     assert labels["org.opencontainers.image.version"] == CELL
     assert labels["io.gpumatrix.lock-sha256"] == hashlib.sha256((project / "locks" / f"{CELL}.txt").read_bytes()).hexdigest()
-    # The torch stage the image was assembled from (an intermediate image of this build): its torch layer was
-    # installed with the loopback index only.
-    history = [h["CreatedBy"] for img in docker_client.images.list(all=True) for h in img.history()
-               if "torch==2.13.0+cpu" in h["CreatedBy"]]
-    assert any(f"TORCH_INDEX_URL={torch_index.url}" in h for h in history), history
-    assert not any("--extra-index-url" in h for h in history)
+    rec = build_report(project)[CELL]
+    torch_install = next(s for s in rec["steps"] if s["stage"] == "torch" and "torch==2.13.0+cpu" in s["instruction"])
+    if builder == "classic":
+        # The torch stage the image was assembled from (an intermediate image of this build): its torch layer was
+        # installed with the loopback index only.
+        history = [h["CreatedBy"] for img in docker_client.images.list(all=True) for h in img.history()
+                   if "torch==2.13.0+cpu" in h["CreatedBy"]]
+        assert any(f"TORCH_INDEX_URL={torch_index.url}" in h for h in history), history
+        assert not any("--extra-index-url" in h for h in history)
+    else:
+        # BuildKit keeps no intermediate images: the torch step ran in this build (this session's index has a port
+        # of its own, so no cache holds it) and asked the loopback index for torch.
+        assert not torch_install["cached"] and "--extra-index-url" not in torch_install["instruction"]
+        assert "/simple/torch/" in torch_index.requests[index_requests:], torch_index.requests[index_requests:]
+    # BuildKit's download caches are mounts: the image holds their empty mount points, nothing in them
+    cache = containers.run_in(f"{REPOSITORY}:{CELL}", ["bash", "-c", "find /root/.cache -mindepth 1 -type f | wc -l"])
+    assert cache.strip() == "0", cache
     script = "import torch, numpy, safetensors; print(torch.__version__, torch.version.cuda)"
     versions = containers.run_in(f"{REPOSITORY}:{CELL}", ["python", "-c", script])
     assert versions.split() == ["2.13.0+cpu", "None"]
     env = dict(e.split("=", 1) for e in image.attrs["Config"]["Env"])
     assert env["PIP_CONSTRAINT"] == "/opt/gpumatrix/constraints.txt"
-    rec = build_report(project)[CELL]
     assert rec["status"] == "built" and rec["image_id"] == image.id and rec["size"] == image.attrs["Size"]
 
 
-def test_bake_content_tag_is_a_tag_the_build_gave_the_image(project, stand_ins, docker_client):
+def test_bake_content_tag_is_a_tag_the_build_gave_the_image(project, flags, docker_client):
     """bake computes a cell's content tag without building (fanout.bake_file hashes the Dockerfile, the lock and the
     build arguments itself). With the build's overrides that tag must be a tag of the image the build above made, as
     the engine has it: a build argument, lock byte or Dockerfile line that one side hashes and the other does not makes
     them differ. bake's labels must be the image's labels too."""
-    result = cli(project, "bake", "--cuda", "cpu", *stand_ins)
+    result = cli(project, "bake", "--cuda", "cpu", *flags)
     assert result.returncode == 0, result.stderr
     target = json.loads((project / "docker-bake.json").read_text())["target"]["cpu-py3_11-torch2_13_0"]
     content_tags = [t for t in target["tags"] if re.fullmatch(rf"{re.escape(REPOSITORY)}:{CELL}-[0-9a-f]{{12}}", t)]
@@ -119,21 +144,22 @@ def test_image_holds_exactly_the_torch_stage_plus_the_lock(project, containers):
     assert got == wanted, f"extra {got - wanted}, missing {wanted - got}"
 
 
-def test_second_build_is_skipped_by_content_tag(project, stand_ins):
-    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+def test_second_build_is_skipped_by_content_tag(project, flags):
+    result = cli(project, "build", "--cuda", "cpu", *flags)
     assert result.returncode == 0, result.stderr
     assert "content tag present: skipped" in result.stderr
     assert build_report(project)[CELL]["status"] == "skipped"
 
 
-def test_lock_change_rebuilds_only_the_app_install(project, stand_ins):
+def test_lock_change_rebuilds_only_the_app_install(project, flags):
     layer = project / "requirements" / "cpu.in"
     layer.write_text(layer.read_text() + "packaging>=24\n")
-    result = cli(project, "build", "--locked", "--cuda", "cpu", *stand_ins)
+    result = cli(project, "build", "--locked", "--cuda", "cpu", *flags)
     assert result.returncode == 2 and "stale" in result.stderr and "make lock" in result.stderr
     assert cli(project, "lock", "--check", "--cuda", "cpu").returncode == 1
-    assert cli(project, "lock", "--cuda", "cpu", *stand_ins).returncode == 0
-    result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+    assert cli(project, "lock", "--cuda", "cpu", *flags).returncode == 0
+    # --force: the other builder's run of this module made the same lock, and its image has this content tag
+    result = cli(project, "build", "--cuda", "cpu", "--force", *flags)
     assert result.returncode == 0, result.stderr
     steps = build_report(project)[CELL]["steps"]
     early = [s for s in steps if s["stage"] in ("base", "torch") and s["instruction"].split()[0] not in ("FROM", "ARG")]
@@ -148,19 +174,19 @@ def test_lock_change_rebuilds_only_the_app_install(project, stand_ins):
     assert runtime[from_lock:] and not any(s["cached"] for s in runtime[from_lock:])
 
 
-def test_hand_edited_torch_in_the_lock_is_refused_before_building(project, stand_ins):
+def test_hand_edited_torch_in_the_lock_is_refused_before_building(project, flags):
     path = project / "locks" / f"{CELL}.txt"
     original = path.read_text()
     try:
         path.write_text(original + "torch==2.4.1 \\\n    --hash=sha256:" + "0" * 64 + "\n")
-        result = cli(project, "build", "--cuda", "cpu", *stand_ins)
+        result = cli(project, "build", "--cuda", "cpu", *flags)
         assert result.returncode == 2
         assert "torch-stage package(s) torch" in result.stderr
     finally:
         path.write_text(original)
 
 
-def test_one_failing_cell_does_not_stop_the_others(project, stand_ins, docker_client):
+def test_one_failing_cell_does_not_stop_the_others(project, flags, docker_client):
     """Python 3.10 is not in the stand-in base: that cell's first RUN fails. Its cell sorts before the 3.11 cell, so
     the 3.11 cell is built after the failure; --force makes it a build (from the cache), not a skip by content tag."""
     two_cells = project / "two-cells.yaml"
@@ -170,7 +196,7 @@ def test_one_failing_cell_does_not_stop_the_others(project, stand_ins, docker_cl
                  '- {cuda: cpu, python: "3.11", torch: "2.13.0"}\n  - {cuda: cpu, python: "3.10", torch: "2.13.0"}')
         + '  - match: {cuda: cpu, python: "3.10"}\n    layers: []\n'
     )
-    result = cli(project, "build", "--all", "--cuda", "cpu", "--force", "-v", *stand_ins, matrix=two_cells.name)
+    result = cli(project, "build", "--all", "--cuda", "cpu", "--force", "-v", *flags, matrix=two_cells.name)
     assert result.returncode == 1, result.stderr
     records = build_report(project)
     assert list(records) == ["cpu-py3.10-torch2.13.0", CELL]  # the failing cell went first

@@ -74,7 +74,7 @@ def test_interleaved_output_goes_to_its_own_step_without_the_timestamp_or_a_pass
     torch = outcome.steps[2]
     assert torch.output == ["Looking in indexes: http://***@127.0.0.1:9/cpu",
                             "Successfully installed torch-2.13.0+cpu"]
-    assert outcome.steps[3].output == []
+    assert outcome.steps[3].output == [] and outcome.steps[0].output == ["CACHED"]
     assert "hunter2" not in repr(heard)
     assert [a[1].instruction.split()[0] for a in heard if a[2] is None] == ["FROM", "RUN", "RUN", "COPY"]
 

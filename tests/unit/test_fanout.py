@@ -205,6 +205,14 @@ def test_workflow_shape():
     assert image["strategy"]["matrix"] == "${{ fromJSON(needs.check.outputs.matrix) }}"
     runs = {s.get("name"): s for s in image["steps"]}
     assert "make image" in runs["build"]["run"] and "make test-image" in runs["test the image"]["run"]
+    # BuildKit in the engine itself (driver docker), and the build looks content tags up in GHCR with the token
+    buildx = next(s for s in image["steps"] if s.get("uses", "").startswith("docker/setup-buildx-action@"))
+    assert buildx["with"]["driver"] == "docker"
+    assert image["steps"].index(buildx) < image["steps"].index(runs["build"])
+    assert 'REGISTRY="ghcr.io/${OWNER,,}"' in runs["build"]["run"]
+    assert runs["build"]["env"]["REGISTRY_PASSWORD"] == "${{ secrets.GITHUB_TOKEN }}"
+    catalog_runs = " ".join(s.get("run", "") for s in jobs["catalog"]["steps"])
+    assert "gh run download" in catalog_runs and "--name catalog" in catalog_runs
     push = runs["push"]
     assert "refs/heads/main" in push["if"] and "make push" in push["run"]
     assert push["env"]["REGISTRY_PASSWORD"] == "${{ secrets.GITHUB_TOKEN }}"
