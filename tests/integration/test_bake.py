@@ -3,12 +3,16 @@ images `build.py build` makes: the same content tags, labels and `pip freeze`.
 
 bake files take no network mode (buildx reads a target's `network` from compose files only; 0.13 drops it from JSON),
 so the index is served on the engine's bridge gateway, which build steps in the default network reach, and neither
-`build` nor bake is given --network.
+`build` nor bake is given --network. pip trusts plain http on loopback only: the bases are the stand-in with an
+/etc/pip.conf that trusts the gateway, as a site's base image trusts its own mirror.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import json
+import tarfile
 import subprocess
 from pathlib import Path
 
@@ -44,11 +48,34 @@ def cli(project: Path, *args: str):
 
 
 @pytest.fixture
-def bridge_index(cache_dir, docker_client, torch_index):
+def gateway(docker_client) -> str:
+    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])  # dockerd's default: the first
+
+
+@pytest.fixture
+def bridge_index(gateway, torch_index):
     """The session index's wheels served on the bridge gateway (torch_index filled the directory)."""
-    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
     with LoopbackIndex(torch_index.root, host=gateway) as index:
         yield index
+
+
+@pytest.fixture
+def trusting_base(standin_base, gateway, docker_client):
+    """The stand-in with an /etc/pip.conf that trusts the gateway's plain http."""
+    conf = f"[global]\ntrusted-host = {gateway}\n".encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("pip.conf")
+        info.size, info.mode = len(conf), 0o644
+        tar.addfile(info, io.BytesIO(conf))
+    container = docker_client.containers.create(standin_base, ["true"])
+    try:
+        container.put_archive("/etc", archive.getvalue())
+        image = container.commit(repository="gpumatrix-test-bake-base", tag=gateway.replace(".", "-"))
+    finally:
+        container.remove(force=True)
+    yield image.tags[0]
 
 
 def content_tag(tags: list[str], cell: str) -> str:
@@ -57,8 +84,8 @@ def content_tag(tags: list[str], cell: str) -> str:
     return found[0]
 
 
-def test_bake_builds_the_images_build_makes(project, buildx, standin_base, bridge_index, docker_client, containers):
-    flags = [*base_flags(standin_base), "--index-url", bridge_index.url]
+def test_bake_builds_the_images_build_makes(project, buildx, trusting_base, bridge_index, docker_client, containers):
+    flags = [*base_flags(trusting_base), "--index-url", bridge_index.url]
     cli(project, "lock", "--cuda", "cpu", "--flavour", "serve", *flags)
     cli(project, "build", "--cuda", "cpu", "--all", "--builder", "buildkit", *flags)
     built = {cell: record for cell, record in build_report(project).items()}
