@@ -4,7 +4,9 @@ Everything is measured side by side in one run, on one cell of the shipped matri
 a loopback torch index (the same stand-ins `make demo` and the tests use), through the commands users run
 (`make image`, `build.py lock`, `build.py build`). Default: the CPU cell. `--cuda`: the CUDA 13.0 cell
 (cu13.0-py3.11-torch2.14.1, the real CUDA build of torch 2.14.1 relabelled +cu130, the fine-tuning app layer); it has
-no committed lock, so the bench locks it first. Every image the bench builds is removed at the end.
+no committed lock, so the bench locks it first. BuildKit and the classic builder are measured on the same cell, and two
+CI runners (two dockerds of the bench's own, sharing a loopback docker-registry) on the reuse of what one pushed.
+Every image the bench builds is removed at the end.
 See docs/PERFORMANCE.md.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,6 +37,8 @@ from gpumatrix import engine, layout  # noqa: E402
 from gpumatrix.cells import DEFAULT_SETTINGS  # noqa: E402
 from gpumatrix.errors import UsageError  # noqa: E402
 from gpumatrix.lockfile import pinned  # noqa: E402
+from devtools import engines  # noqa: E402
+from devtools.registry import Registry  # noqa: E402
 from devtools.standins import LoopbackIndex, StandinError, ensure_standin_base, index_requirements  # noqa: E402
 
 CACHE = ROOT / ".cache"
@@ -90,9 +95,9 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def timed(cmd: list[str], cwd: Path = ROOT) -> float:
+def timed(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise BenchError(f"{' '.join(cmd[:6])} ... failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
@@ -109,12 +114,12 @@ def note(text: str) -> None:
     log(text)
 
 
-def project_copy() -> Path:
+def project_copy(registry: str = REGISTRY) -> Path:
     """The shipped matrix, templates, requirements and locks, with the registry set to the bench's own."""
     root = Path(tempfile.mkdtemp(prefix="gpumatrix-bench-"))
     for name in ("templates", "requirements", "locks"):
         shutil.copytree(ROOT / name, root / name)
-    matrix = (ROOT / "matrix.yaml").read_text().replace("registry: ghcr.io/acme", f"registry: {REGISTRY}", 1)
+    matrix = (ROOT / "matrix.yaml").read_text().replace("registry: ghcr.io/acme", f"registry: {registry}", 1)
     (root / "matrix.yaml").write_text(matrix)
     return root
 
@@ -238,6 +243,42 @@ def bench_builders(client, mode: Mode, project: Path, standin: str, index: Loopb
     for when, what in (("cold", "cold build"), ("lock", "rebuild after a lock change")):
         bk, classic = seconds["buildkit", when], seconds["classic", when]
         row(f"BuildKit / classic builder, {what}", bk / classic, f"{bk:.1f} s / {classic:.1f} s", "< 1")
+
+
+def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: LoopbackIndex) -> None:
+    """Two CI runners: two fresh engines (dockerds of the bench's own, nothing on them but the stand-in base) that
+    share a loopback registry. Runner A builds the cell cold, tests and pushes it; runner B then builds the unchanged
+    cell (its content tag is in the registry), and the cell again after a lock change (the torch stage comes from the
+    cache in A's pushed image). The runners' project is a copy of the bench's, with its requirements and locks."""
+    workdir = Path(tempfile.mkdtemp(prefix="gpumatrix-bench-runners-"))
+    registry = Registry(workdir, workdir / "storage")
+    bench_project, project = project, project_copy(registry=registry.addr)
+    for name in ("requirements", "locks"):
+        shutil.copytree(bench_project / name, project / name, dirs_exist_ok=True)
+    overrides = overrides_for(standin, index)
+    try:
+        with engines.second_engine(standin, client, "gm-bench-a0", "172.31.250.1/24") as (runner_a, _):
+            env_a = {"DOCKER_HOST": runner_a.host}
+            cold = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_a)
+            timed(cli(project, "test", *cell_args(mode), "--no-gpu", *overrides[:4]), env=env_a)
+            timed(cli(project, "push", *cell_args(mode)), env=env_a)
+        with engines.second_engine(standin, client, "gm-bench-b0", "172.31.251.1/24") as (runner_b, _):
+            env_b = {"DOCKER_HOST": runner_b.host}
+            unchanged = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_b)
+            layer = project / "requirements" / f"{mode.layer}.in"
+            layer.write_text(layer.read_text() + "wcwidth>=0.2\n")
+            timed(cli(project, "lock", *cell_args(mode), *overrides))
+            relocked = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_b)
+            report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+    finally:
+        registry.stop()
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    row("runner B, unchanged cell (content tag in the registry) / runner A's cold build", unchanged / cold,
+        f"{unchanged:.1f} s / {cold:.1f} s", "<= 0.05")
+    row("runner B after a lock change (torch stage from the registry's cache) / runner A's cold build",
+        relocked / cold, f"{relocked:.1f} s / {cold:.1f} s", "<= 0.3")
+    note_slowest_steps("runner B after the lock change", report)
 
 
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
@@ -483,6 +524,7 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             bench_lock(client, mode, project, overrides)
             bench_shared_stage(client, mode, project, standin, index)
             bench_builders(client, mode, project, standin, index)
+            bench_two_runners(client, mode, project, standin, index)
     finally:
         shutil.rmtree(project, ignore_errors=True)
         remove_image(client, "gpumatrix-bench:naive")
@@ -508,7 +550,7 @@ def main() -> int:
     mode = CUDA if args.cuda else CPU
     try:
         run(engine.connect(), mode, args)
-    except (BenchError, StandinError, UsageError) as exc:
+    except (BenchError, StandinError, UsageError, engines.EngineError) as exc:
         return failed(mode, str(exc))
     except docker.errors.DockerException as exc:
         return failed(mode, f"Docker engine: {exc}")

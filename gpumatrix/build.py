@@ -114,6 +114,7 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
         if pushed:
             pending.append(pushed)
             continue
+        req = _with_registry_cache(req, lookup)
         for image in dict.fromkeys(req.base_images):
             engine.ensure_base(client, image, req.cell)
         if req.index_url not in probed:
@@ -136,6 +137,15 @@ def _in_registry(client, req: BuildRequest, lookup: Lookup, listener: Listener) 
     listener(req.cell.name, None, f"content tag in the registry: {ref}@{digest[:19]}, tested before it was pushed; "
                                   "nothing to build (--force builds it)")
     return BuildOutcome(req.cell.name, IN_REGISTRY, [ref], digest=digest)
+
+
+def _with_registry_cache(req: BuildRequest, lookup: Lookup | None) -> BuildRequest:
+    """BuildKit reuses the inline cache of the cell's last pushed image (`<registry>/<image>:<cell>`): on a fresh
+    machine whose only change is the lock, the base and torch stages and the copy of the torch environment come from
+    there, and only the app layer is built. A registry the lookup could not reach is not asked again."""
+    if lookup is None or lookup.gone or req.builder != "buildkit" or req.nocache:
+        return req
+    return replace(req, cache_from=(lookup.cell_ref(req.cell.name),))
 
 
 def _build_one(req: BuildRequest, listener: Listener) -> BuildOutcome:

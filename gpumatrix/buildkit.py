@@ -145,6 +145,11 @@ def _command(req: BuildRequest, context: str, iidfile: Path) -> list[str]:
         command += ["--network", req.network]
     if req.nocache:
         command.append("--no-cache")
+    # The image carries its own cache (inline), so a build on another machine that names it in --cache-from reuses
+    # every step it can, the torch stage included, without a cache exporter or a second image.
+    command += ["--cache-to", "type=inline"]
+    for ref in req.cache_from:
+        command += ["--cache-from", f"type=registry,ref={ref}"]
     return [*command, f"{context}/ctx"]
 
 

@@ -18,9 +18,9 @@ CONSTRAINTS = f"{STATE_DIR}/constraints.txt"  # the whole environment's freeze; 
 LOCK_IN_CONTEXT = "app.lock"  # the lock's name in the build context
 LOCK_IN_IMAGE = f"{STATE_DIR}/{LOCK_IN_CONTEXT}"
 APP_LAYER = "/opt/app-layer"  # the devel app stage's files on their way to the runtime stage
-# BuildKit cache mounts (never part of the image): pip's and uv's download caches, and the compile cache of
-# extension builds. Each is shared by every build on the builder under the id gpumatrix-<name>.
-CACHE_MOUNTS = MappingProxyType({"pip": "/root/.cache/pip", "uv": "/root/.cache/uv", "compile": "/root/.cache/ccache"})
+# BuildKit cache mounts (never part of the image): pip's and uv's download caches. Each is shared by every build on
+# the builder under the id gpumatrix-<name>.
+CACHE_MOUNTS = MappingProxyType({"pip": "/root/.cache/pip", "uv": "/root/.cache/uv"})
 
 # The runtime stage's ENV (PATH starts with the venv's bin; it is checked on its own).
 RUNTIME_ENV = MappingProxyType({

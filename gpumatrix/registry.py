@@ -1,8 +1,9 @@
 """The registry a cell's images go to: its credentials, what its errors mean, and whether it already holds an image.
 
-`push` pushes to it; `build`, `test` and `push` look a cell's content tag up in it first, since an image whose content
-tag is there was tested before it was pushed. Every question goes through the engine (distribution inspect), which
-reads the docker config's credentials as a push does; REGISTRY_USER / REGISTRY_PASSWORD are given to it when set.
+`push` pushes to it; `build` looks a cell's content tag up in it first, since an image whose content tag is there was
+tested before it was pushed (`test` and `push` then read that from the build report). The lookup goes through the
+engine (distribution inspect), which reads the docker config's credentials as a push does; REGISTRY_USER /
+REGISTRY_PASSWORD are given to it when set.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ AUTH_RE = re.compile(
     r"|incorrect username or password",
     re.IGNORECASE,
 )
+
 
 class PushError(Exception):
     """A push that failed and is not worth retrying."""
@@ -135,6 +137,10 @@ class Lookup:
     def ref(self, content_tag: str) -> str:
         """`<registry>/<image>:<cell>-<sha12>` for a local content tag `<repository>:<cell>-<sha12>`."""
         return f"{self.repository}:{content_tag.rsplit(':', 1)[1]}"
+
+    def cell_ref(self, cell: str) -> str:
+        """The cell's moving tag there, `<registry>/<image>:<cell>`: its newest pushed image."""
+        return f"{self.repository}:{cell}"
 
     def digest(self, client: docker.DockerClient, content_tag: str) -> str | None:
         if self.gone:

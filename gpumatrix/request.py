@@ -49,6 +49,7 @@ class BuildRequest:
     target: str | None = None  # a stage to stop after ("base", "torch"), or None for the whole image
     nocache: bool = False
     builder: str = "buildkit"  # what builds it: buildkit (the buildx CLI) or classic (the docker SDK)
+    cache_from: tuple[str, ...] = ()  # images in a registry whose inline BuildKit cache the build may reuse
 
     @property
     def tags(self) -> list[str]:

@@ -16,6 +16,7 @@ import docker
 import pytest
 
 from devtools.registry import free_port
+from devtools import engines
 from support.cli import cli
 from support.projects import WITH_LOCKS, copy_project
 from support.reports import build_report
@@ -108,3 +109,29 @@ def test_refused_credentials_are_exit_2_asked_once(project, registries, registry
     asked = [line for line in guarded.log.read_text()[log_before:].splitlines()
              if line.startswith("127.0.0.1 - - ") and "/v2/gpu-images/manifests/" in line]
     assert 1 <= len(asked) <= 2, asked  # one lookup (the engine's HEAD, then GET), never retried
+
+
+def test_a_fresh_engine_after_a_lock_change_builds_only_the_app_layer(project, registry, buildx, standin_base,
+                                                                      torch_index, stand_ins, docker_client):
+    """Another CI runner: a dockerd of its own with nothing but the stand-in base. The lock changed since the push of
+    the first test, so the content tag is new; BuildKit takes base, torch stage and the copy of the torch
+    environment from the inline cache of the cell's pushed image and installs only the app layer."""
+    layer = project / "requirements" / "cpu.in"
+    layer.write_text(layer.read_text() + "six>=1.16\n")
+    assert cli(project, "lock", "--cuda", "cpu", *stand_ins).returncode == 0
+    with engines.second_engine(standin_base, docker_client, "gm-reuse0", "172.31.252.1/24") as (engine, client):
+        asked_before = len(torch_index.requests)
+        result = cli(project, "build", "--cuda", "cpu", *stand_ins, env={"DOCKER_HOST": engine.host})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "builder: buildkit" in result.stderr
+        steps = build_report(project)[CELL]["steps"]
+        early = [s for s in steps if s["stage"] in ("base", "torch") and not s["instruction"].startswith("FROM")]
+        assert early and all(s["cached"] for s in early), [s["instruction"][:50] for s in early if not s["cached"]]
+        copy = next(s for s in steps if s["instruction"].startswith("COPY --from=torch /opt/venv"))
+        assert copy["cached"], copy
+        install = [s for s in steps if s["stage"] == "runtime" and s["instruction"].startswith("RUN")][-1]
+        assert not install["cached"]
+        asked = torch_index.requests[asked_before:]
+        assert not [path for path in asked if "torch" in path], asked  # the torch stage never ran
+        freeze = client.containers.run(f"{registry.addr}/gpu-images:{CELL}", ["pip", "freeze"], remove=True).decode()
+        assert "six==" in freeze and "torch==2.13.0+cpu" in freeze

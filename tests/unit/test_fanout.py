@@ -209,6 +209,8 @@ def test_workflow_shape():
     buildx = next(s for s in image["steps"] if s.get("uses", "").startswith("docker/setup-buildx-action@"))
     assert buildx["with"]["driver"] == "docker"
     assert image["steps"].index(buildx) < image["steps"].index(runs["build"])
+    login = next(s for s in image["steps"] if s.get("uses", "").startswith("docker/login-action@"))
+    assert login["with"]["registry"] == "ghcr.io" and image["steps"].index(login) < image["steps"].index(runs["build"])
     assert 'REGISTRY="ghcr.io/${OWNER,,}"' in runs["build"]["run"]
     assert runs["build"]["env"]["REGISTRY_PASSWORD"] == "${{ secrets.GITHUB_TOKEN }}"
     catalog_runs = " ".join(s.get("run", "") for s in jobs["catalog"]["steps"])
