@@ -118,3 +118,26 @@ def test_buildkit_asked_for_without_buildx_is_the_users_to_fix(monkeypatch):
         buildkit.choose("buildkit")
     fallback = buildkit.choose(None)
     assert fallback.builder == "classic" and fallback.why == "falling back: docker buildx is not installed"
+
+
+def test_both_builders_give_a_cell_one_content_tag_and_buildx_gets_no_build_argument_value(project, expand_file):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from gpumatrix.render import environment
+    from gpumatrix.request import BuildOverrides, request_for
+
+    cell = next(c for c in expand_file(project / "matrix.yaml").cells if c.layers)
+    env = environment(project / "templates")
+    secret_url = "https://bot:t0ken-xyz@pytorch.internal/whl/{variant}"
+    requests = {b: request_for(env, cell, "gpu-images", b"lock\n", BuildOverrides(index_url=secret_url), builder=b)
+                for b in ("buildkit", "classic")}
+    assert requests["buildkit"].content_tag == requests["classic"].content_tag
+    assert "--mount=type=cache" in requests["buildkit"].dockerfile and "--mount" not in requests["classic"].dockerfile
+    req = replace(requests["buildkit"], cache_from=("127.0.0.1:5000/gpu-images:" + cell.name,))
+    command = buildkit._command(req, "/ctx", Path("/ctx/iid"))
+    assert "t0ken-xyz" not in " ".join(command)
+    assert command.count("--build-arg") == len(req.build_args) and "TORCH_INDEX_URL" in command  # names only
+    assert command[command.index("--cache-to") + 1] == "type=inline"
+    assert f"type=registry,ref=127.0.0.1:5000/gpu-images:{cell.name}" in command
+    assert buildkit._environment(req)["TORCH_INDEX_URL"].startswith("https://bot:t0ken-xyz@pytorch.internal/whl/")
