@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from datetime import datetime, timezone
 
@@ -36,11 +37,15 @@ def test_signal_during_pip_compile_removes_the_container_and_keeps_the_lock(
     assert not list(lock.parent.glob(".*.tmp"))
 
 
-def test_sigint_during_build_stops_promptly_and_leaves_no_report_and_no_image(tmp_project, stand_ins, docker_client):
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_sigint_during_build_stops_promptly_and_leaves_no_report_and_no_image(tmp_project, stand_ins, docker_client,
+                                                                             builder, request):
+    if builder == "buildkit":
+        request.getfixturevalue("buildx")
     project = tmp_project
     started = datetime.now(timezone.utc)
     (project / "out").mkdir()
-    proc = start(project, "build", "--cuda", "cpu", "--no-cache", *stand_ins)
+    proc = start(project, "build", "--cuda", "cpu", "--no-cache", "--builder", builder, *stand_ins)
     lines = follow(proc.stderr)
     wait_for(lambda: any("building " in line for line in lines) or proc.poll() is not None, "the build to start")
     time.sleep(8)  # inside the cold build (it takes about a minute)
@@ -56,3 +61,5 @@ def test_sigint_during_build_stops_promptly_and_leaves_no_report_and_no_image(tm
     tagged = docker_client.images.list(filters={"reference": f"{SHIPPED_REPOSITORY}:{CELL}*"})
     new = [i.tags for i in tagged if datetime.fromisoformat(i.attrs["Created"][:26].rstrip("Z") + "+00:00") > started]
     assert new == [], f"images tagged after the interrupt: {new}"
+    left = subprocess.run(["pgrep", "-f", "buildx build --progress=plain"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a buildx build outlived the interrupt"
