@@ -8,6 +8,7 @@ PEP 503 index served on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import functools
 import hashlib
@@ -210,6 +211,7 @@ class LoopbackIndex:
         self.host = host
         self.fallback = fallback
         self.requests: list[str] = []
+        self.users: list[str] = []  # the basic-auth user of each request that carried one (pip sends an index URL's)
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -340,10 +342,12 @@ class LoopbackIndex:
         self._thread.join()
         self._server = self._thread = None
 
-    def record(self, path: str) -> None:
-        """Note one GET in self.requests and access.log."""
+    def record(self, path: str, user: str | None = None) -> None:
+        """Note one GET in self.requests and access.log (and its basic-auth user, never the password)."""
         with self._lock:
             self.requests.append(path)
+            if user is not None:
+                self.users.append(user)
             with open(self.root / "access.log", "a") as log_file:
                 log_file.write(f"GET {path}\n")
 
@@ -362,7 +366,7 @@ def _handler_for(index: LoopbackIndex) -> type[http.server.SimpleHTTPRequestHand
 
         def do_GET(self):
             path = urllib.parse.unquote(self.path)
-            index.record(path)
+            index.record(path, _basic_auth_user(self.headers.get("Authorization")))
             project = re.fullmatch(r"/simple/([^/]+)/?", path)
             if index.fallback and project and not (index.root / "simple" / project.group(1)).is_dir():
                 self.send_response(302)
@@ -378,6 +382,15 @@ def _handler_for(index: LoopbackIndex) -> type[http.server.SimpleHTTPRequestHand
             pass
 
     return Handler
+
+
+def _basic_auth_user(header: str | None) -> str | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        return base64.b64decode(header.split(None, 1)[1]).decode().partition(":")[0]
+    except ValueError:
+        return None
 
 
 def _anchor(href: str, text: str, metadata_sha256: str | None = None) -> str:

@@ -107,8 +107,9 @@ def test_uv_compiles_the_app_layer_bytecode_and_leaves_no_trace(variant, images,
     pyc = containers.run_in(image, f"ls {SITE_PACKAGES}/tqdm/__pycache__ | wc -l")
     assert int(pyc) > 5
     leftovers = containers.run_in(image, "ls -d /opt/uv /tmp/uv /tmp/* /opt/app-layer /opt/venv/.lock "
-                                         "/opt/venv/bin/uv /root/.cache 2>/dev/null; true")
-    assert leftovers.strip() == ""
+                                         "/opt/venv/bin/uv 2>/dev/null; find /root/.cache -mindepth 1 -not -type d "
+                                         "2>/dev/null; true")
+    assert leftovers.strip() == ""  # BuildKit's cache mounts leave their empty mount points, nothing in them
     # uv is in no layer of the image, not even one that a later layer hides
     history = docker_client.images.get(image).history()
     assert not [step["CreatedBy"] for step in history if "uv==" in step["CreatedBy"] and step["Size"] > 1_000_000
