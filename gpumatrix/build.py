@@ -125,7 +125,10 @@ def run_builds(requests: list[BuildRequest], jobs: int, force: bool, listener: L
     if jobs > 1:
         for stage in shared_stages([r for r in todo if not r.nocache]):
             build_image(client, stage, listener)  # its progress shows on the first cell of the group
-    built = iter(run_parallel(lambda req: _build_one(req, listener), todo, jobs))
+    # On Ctrl-C, running buildx builds are cancelled and waited for; classic builds end with the connection.
+    grace = buildkit.CANCEL_GRACE if any(r.builder == "buildkit" for r in todo) else 0.0
+    built = iter(run_parallel(lambda req: _build_one(req, listener), todo, jobs, on_cancel=buildkit.cancel_all,
+                              grace=grace))
     return [item if isinstance(item, BuildOutcome) else next(built) for item in pending]
 
 

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,12 +111,17 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
             _command(req, context, iidfile), env=_environment(req), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
         )
+        with _LIVE_LOCK:
+            _LIVE.add(process)
         try:
             failure = _follow(process.stdout, outcome, listener)
             returncode = process.wait()
         except BaseException:
             _cancel(process)
             raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(process)
         image_id = iidfile.read_text().strip() if iidfile.exists() else ""
     if returncode == 0 and image_id:
         _finish(client, req, outcome, image_id)
@@ -157,16 +163,37 @@ def _environment(req: BuildRequest) -> dict[str, str]:
     return {**os.environ, **req.build_args, "BUILDKIT_PROGRESS": "plain"}
 
 
+# Every buildx this process runs, so Ctrl-C or SIGTERM in the main thread reaches builds that workers run.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+_SIGNALLED: set[int] = set()
+
+
+def cancel_all() -> None:
+    """The first call asks every running buildx to cancel its build (SIGINT); a later call kills what is left. The
+    signal goes to buildx's process group: the docker CLI does not pass it on to its buildx plugin."""
+    with _LIVE_LOCK:
+        live = [p for p in _LIVE if p.poll() is None]
+    for process in live:
+        _signal_group(process, signal.SIGKILL if process.pid in _SIGNALLED else signal.SIGINT)
+        _SIGNALLED.add(process.pid)
+
+
 def _cancel(process: subprocess.Popen) -> None:
     """buildx cancels the solve on SIGINT; a buildx that does not stop in time is killed."""
     if process.poll() is not None:
         return
+    _signal_group(process, signal.SIGINT)
     try:
-        process.send_signal(signal.SIGINT)
         process.wait(timeout=CANCEL_GRACE)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # start_new_session: its group is its pid
     except ProcessLookupError:
         pass
 
