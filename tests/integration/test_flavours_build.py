@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import cli as run_cli
-from support.projects import use_registry
+from support.projects import add_serve_flavour, use_registry
 from support.reports import build_report
 from support.standins import STANDIN_CELL, cpu_index, standin_flags
 
@@ -26,13 +26,7 @@ def cold_index(cache_dir):
 @pytest.fixture
 def project(tmp_project: Path) -> Path:
     use_registry(tmp_project, "gpumatrix.test/flavours")
-    text = (tmp_project / "matrix.yaml").read_text()
-    text = text.replace('  - {cuda: cpu, python: "3.11", torch: "2.13.0"}\n',
-                        '  - {cuda: cpu, python: "3.11", torch: "2.13.0"}\n'
-                        '  - {cuda: cpu, python: "3.11", torch: "2.13.0", flavour: serve, layers: [serve]}\n')
-    assert "flavour: serve" in text
-    (tmp_project / "matrix.yaml").write_text(text)
-    (tmp_project / "requirements" / "serve.in").write_text("tqdm\nrich>=13\n")
+    add_serve_flavour(tmp_project)
     return tmp_project
 
 

@@ -71,3 +71,14 @@ def use_registry(root: Path, registry: str) -> None:
     text = path.read_text()
     assert f"registry: {SHIPPED_REGISTRY}\n" in text
     path.write_text(text.replace(f"registry: {SHIPPED_REGISTRY}\n", f"registry: {registry}\n"))
+
+
+def add_serve_flavour(root: Path) -> None:
+    """A `serve` flavour of the CPU cell in root/matrix.yaml (the shipped one): same torch stage, its own small app
+    layer (tqdm, rich) in requirements/serve.in."""
+    path = root / "matrix.yaml"
+    plain = '  - {cuda: cpu, python: "3.11", torch: "2.13.0"}\n'
+    text = path.read_text()
+    assert plain in text, "the shipped matrix includes the CPU cell"
+    path.write_text(text.replace(plain, plain + plain.replace("}", ", flavour: serve, layers: [serve]}"), 1))
+    (root / "requirements" / "serve.in").write_text("tqdm\nrich>=13\n")
