@@ -42,7 +42,7 @@ OUTPUT_RE = re.compile(r"^\d+\.\d+ (.*)$")
 @dataclass(frozen=True)
 class BuilderChoice:
     builder: str
-    why: str  # shown once per run: "builder: buildkit (docker buildx 0.13.1)"
+    why: str  # shown once per run: "builder: buildkit (docker buildx answers)"
 
 
 @functools.cache

@@ -98,7 +98,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="JSON build report (default out/build-report.json)")
     p.add_argument("--locked", action="store_true",
                    help="refuse a missing or stale lock instead of making it first (always so when CI is set)")
-    _add_lookup(p, "a cell already there is done, not built")
+    p.add_argument("--registry", type=REGISTRY_ARG,
+                   help="look each content tag up in this registry (the one push pushes to; default: `registry` of "
+                        "matrix.yaml): a cell already there is done, not built")
+    p.add_argument("--no-lookup", action="store_true", help="do not ask the registry first")
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser("lock", help="resolve each cell's torch stage from the torch index's metadata and pip-compile "
@@ -183,16 +186,10 @@ def _positive(value: str) -> int:
     return int(value)
 
 
-def _add_lookup(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--registry", type=REGISTRY_ARG,
-                   help=f"look each content tag up in this registry (the one push pushes to; default: `registry` of "
-                        f"matrix.yaml): {what}")
-    p.add_argument("--no-lookup", action="store_true", help="do not ask the registry first")
-
-
 def _builder(value: str) -> str:
     if value not in BUILDERS:
-        raise argparse.ArgumentTypeError(f"{value!r} is no builder: {' or '.join(BUILDERS)} (--builder or $GPUMATRIX_BUILDER)")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is no builder: {' or '.join(BUILDERS)} (--builder or $GPUMATRIX_BUILDER)")
     return value
 
 
