@@ -25,7 +25,8 @@ CELLS = {
     "cu13.0-py3.11-torch2.14.1": {"torch": "2.14.1+cu130", "torchvision": "0.29.1+cu130"},
     "cpu-py3.11-torch2.13.0": {"torch": "2.13.0+cpu"},
 }
-OLDER_RELEASES = '  - {torch: ["2.5.1", "2.7.1", "2.9.1"]}\n'  # excluded in the project copy
+# Excluded in the project copy for Python 3.11 only: a release that yields no cell at all is refused by the matrix.
+OLDER_RELEASES = '  - {python: "3.11", torch: ["2.5.1", "2.7.1", "2.9.1"]}\n'
 
 
 # The PyTorch index serves its own copy of fsspec, older than PyPI's newest. With PyPI's newest (2026.9.0) in the torch
