@@ -4,6 +4,7 @@ test starts. The helpers behind them are in tests/support."""
 from __future__ import annotations
 
 import pathlib
+import shutil
 import signal
 import subprocess
 
@@ -46,11 +47,18 @@ def docker_client():
     client.close()
 
 
+# BuildKit's cache holds the layers of every image a BuildKit build made, after the image is removed, and the pip
+# download caches it mounts. A full run left tens of GB of it and a CI machine ran out of disk. What is kept is the
+# most recently used part, which is the next module's torch stage more often than not.
+BUILD_CACHE_KEPT = 3 * 1024**3
+
+
 @pytest.fixture(scope="module", autouse=True)
 def engine_left_as_found():
-    """Each module removes the containers and images it made. Without this a full run leaves about 50 GB of images on
-    the engine's disk (the CUDA cell alone holds two copies of a CUDA torch), and CI machines run out of space. The
-    stand-in bases are kept: every module needs them, and debootstrap is slow."""
+    """Each module removes the containers and images it made, and trims BuildKit's cache to BUILD_CACHE_KEPT. Without
+    this a full run leaves about 50 GB of images on the engine's disk (the CUDA cell alone holds two copies of a CUDA
+    torch), and CI machines run out of space. The stand-in bases are kept: every module needs them, and debootstrap is
+    slow."""
     try:
         client = docker.from_env()
         client.ping()
@@ -67,6 +75,7 @@ def engine_left_as_found():
     made = [image for image in client.images.list(all=True) if image.id not in keep]
     for image in sorted(made, key=lambda image: image.attrs["Created"], reverse=True):  # children first
         _ignore_engine_errors(client.images.remove, image.id, force=True)
+    _ignore_engine_errors(client.api.prune_builds, keep_storage=BUILD_CACHE_KEPT)
     client.close()
 
 
@@ -163,3 +172,4 @@ def registries(tmp_path_factory, docker_client):
             for tag in image.tags:
                 if tag.startswith(f"{registry.addr}/"):
                     _ignore_engine_errors(docker_client.images.remove, tag)
+    shutil.rmtree(workdir, ignore_errors=True)  # the pushed images' blobs
