@@ -13,7 +13,7 @@ OVERRIDES := $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(RUNTIME_IMAGE
 BUILD := $(BIN)/python build.py --matrix $(MATRIX)
 
 .PHONY: venv render check list image images lock lock-check test unit integration demo bench clean
-.PHONY: push bake matrix bases bases-check doctor
+.PHONY: push bake matrix bases bases-check doctor compat compat-check
 
 venv: $(BIN)/.installed
 
@@ -51,6 +51,14 @@ bases: venv
 
 bases-check: venv
 	$(BUILD) bases --check $(if $(ONLINE),--online)
+
+# The compatibility rows an index states (gpumatrix/data/compat-generated.yaml), read again from the PyTorch index,
+# its nightly index and PyPI; DRIFTS=FILE also writes what moved there. compat-check: ONLINE=1 compares with them.
+compat: venv
+	$(BUILD) compat refresh $(if $(DRIFTS),--drifts $(DRIFTS))
+
+compat-check: venv
+	$(BUILD) compat --check $(if $(ONLINE),--online)
 
 .PHONY: test-image
 # The image checks (gpumatrix/imagechecks) on the cell's image: GPU=1 / GPU=0 force the GPU checks on or off (default: on when

@@ -39,7 +39,8 @@ from gpumatrix.errors import UsageError  # noqa: E402
 from gpumatrix.lockfile import pinned  # noqa: E402
 from devtools import engines  # noqa: E402
 from devtools.registry import Registry  # noqa: E402
-from devtools.standins import LoopbackIndex, StandinError, ensure_standin_base, index_requirements  # noqa: E402
+from devtools.standins import (PYPI_SIMPLE, LoopbackIndex, StandinError, ensure_standin_base,  # noqa: E402
+                               index_requirements)
 
 CACHE = ROOT / ".cache"
 CPU_LOCK = ROOT / "locks" / "cpu-py3.11-torch2.13.0.txt"  # the committed lock of the shipped CPU cell
@@ -171,6 +172,7 @@ def lock_uncommitted_cell(client, mode: Mode, project: Path, standin: str, index
 
 
 def bench_builds(mode: Mode, project: Path, overrides: list[str], make_vars: list[str]) -> str:
+    timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])  # no download cached either
     cold = timed(cli(project, "build", *cell_args(mode), *overrides))
     noop = timed(["make", "-s", "image", f"MATRIX={project / 'matrix.yaml'}", *make_filters(mode), *make_vars])
     row("no-op `make image` (content tag present) / cold build", noop / cold,
@@ -389,19 +391,30 @@ def bench_naive(client, mode: Mode, project: Path, base: str, index: str, size: 
          "difference of the real nvidia/cuda images (cudnn-devel against -base) cannot show in the size ratio")
 
 
-def bare_pip_compile(client, tools_image: str, inputs: str) -> float:
-    script = ("mkdir -p /tmp/b && cd /tmp/b && cat > layer.in <<'EOF'\n" + inputs + "EOF\n"
-              "/tmp/gpumatrix-tools/bin/pip-compile --quiet --generate-hashes -o lock.txt layer.in")
+BARE_RESOLVERS = {
+    "pip-compile": "/tmp/gpumatrix-tools/bin/pip-compile --quiet --generate-hashes -o lock.txt layer.in",
+    "uv": "/tmp/uv/bin/uv pip compile --quiet --generate-hashes -o lock.txt layer.in",
+}
+
+
+def bare_compile(client, tools_image: str, inputs: str, resolver: str = "pip-compile") -> float:
+    """One resolver on the .in alone, no constraints, in a fresh container of the lock's tools image (cold caches);
+    uv is installed before the clock starts."""
+    setup = ("mkdir -p /tmp/b && cd /tmp/b && cat > layer.in <<'EOF'\n" + inputs + "EOF\n"
+             + (f"python -m venv /tmp/uv && /tmp/uv/bin/pip install -q uv=={DEFAULT_SETTINGS.uv}"
+                if resolver == "uv" else "true"))
     container = client.containers.run(tools_image, ["sleep", "infinity"], detach=True, network_mode="host",
                                       entrypoint=[])
     try:
-        started = time.perf_counter()
-        code, output = container.exec_run(["bash", "-c", script])
-        elapsed = time.perf_counter() - started
+        code, output = container.exec_run(["bash", "-c", setup])
+        if code == 0:
+            started = time.perf_counter()
+            code, output = container.exec_run(["bash", "-c", f"cd /tmp/b && {BARE_RESOLVERS[resolver]}"])
+            elapsed = time.perf_counter() - started
     finally:
         container.remove(force=True)
     if code != 0:
-        raise BenchError(f"bare pip-compile failed: {output.decode()[-2000:]}")
+        raise BenchError(f"bare {resolver} failed: {output.decode()[-2000:]}")
     return elapsed
 
 
@@ -418,14 +431,92 @@ def bench_lock(client, mode: Mode, project: Path, overrides: list[str]) -> None:
     timed(cli(project, "lock", *cell_args(mode), *overrides))
     tools = newest_tools_image(client)
     inputs = (project / "requirements" / f"{mode.layer}.in").read_text()
-    ours, bare = [], []
+    ours, bare, uv = [], [], []
     for _ in range(mode.lock_repeats):
         ours.append(timed(cli(project, "lock", *cell_args(mode), *overrides)))
-        bare.append(bare_pip_compile(client, tools, inputs))
-    o, b = statistics.median(ours), statistics.median(bare)
+        bare.append(bare_compile(client, tools, inputs))
+        uv.append(bare_compile(client, tools, inputs, "uv"))
+    o, b, u = statistics.median(ours), statistics.median(bare), statistics.median(uv)
     how = f"medians of {mode.lock_repeats}" if mode.lock_repeats > 1 else "one run each"
     row("`build.py lock` of one cell / bare pip-compile in the same container", o / b,
         f"{o:.1f} s / {b:.1f} s, {how}", "<= 1.5")
+    row("bare `uv pip compile` / bare pip-compile, same .in, same container", u / b,
+        f"{u:.1f} s / {b:.1f} s, {how}", "informative")
+
+
+# The PyTorch index serves its own, older copy of fsspec; the metadata index does too (see CUDA above for why).
+INDEX_OWN_COPIES = {"fsspec": "2026.6.0"}
+
+
+def shipped_cells(python: str) -> list[dict]:
+    listed = subprocess.run([sys.executable, "build.py", "list", "--python", python, "--format", "json"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise BenchError(f"build.py list failed: {listed.stderr[-2000:]}")
+    return json.loads(listed.stdout)
+
+
+def metadata_index(cells: list[dict]) -> LoopbackIndex:
+    """The torch stage of every cell served by its real metadata alone (no wheel), as tests/integration/
+    test_lock_cuda.py serves it; every other project is redirected to PyPI."""
+    index = LoopbackIndex(CACHE / "index-metadata-bench", fallback=PYPI_SIMPLE)
+    for cell in cells:
+        for project, pin in {"torch": cell["torch"], **cell.get("companions", {})}.items():
+            version, _, local = pin.partition("+")
+            index.add_metadata_only(project, version, local or None, python=cell["python"])
+    for project, version in INDEX_OWN_COPIES.items():
+        index.add_metadata_only(project, version, None, python="3.11")
+    return index
+
+
+def engine_disk_used(client) -> int:
+    return shutil.disk_usage(client.info()["DockerRootDir"]).used
+
+
+def bench_matrix_locks(client, standin: str) -> None:
+    """Every Python 3.11 cell of the shipped matrix locked from index metadata (the stand-in base has Python 3.11
+    only), then the CUDA 13.0 cell again, warm, after an app.in change. Then the same cell's torch stage is built on
+    that base: the lock before issue 14 built it and ran pip-compile in it, so that lock is this one plus that build."""
+    cells = shipped_cells("3.11")
+    project = project_copy()
+    for cell in cells:
+        (project / "locks" / f"{cell['name']}.txt").unlink(missing_ok=True)
+    index = metadata_index(cells)
+    base = fresh_base(client, standin, "locks-base")
+    try:
+        with index:
+            overrides = overrides_for(base, index)
+            used = engine_disk_used(client)
+            whole = timed(cli(project, "lock", "--python", "3.11", "-j", "2", *overrides))
+            grown = engine_disk_used(client) - used
+            row(f"whole shipped matrix locked ({len(cells)} Python 3.11 cells, -j 2) / 10 min", whole / 600,
+                f"{whole:.0f} s, disk +{grown / 1e6:.0f} MB", "< 1, and < 1 GB of disk")
+            layer = project / "requirements" / f"{CUDA.layer}.in"
+            layer.write_text(layer.read_text() + "packaging>=24\n")
+            warm = timed(cli(project, "lock", *cell_args(CUDA), *overrides))
+            row(f"one CUDA cell ({CUDA.cell}) locked warm, after an app.in change / 30 s", warm / 30,
+                f"{warm:.1f} s", "< 1")
+        stage = build_torch_stage(client, base)
+        row("that warm lock / the torch-stage lock of the same cell (the lock plus building its torch stage)",
+            warm / (warm + stage), f"{warm:.1f} s / ({warm:.1f} s + {stage:.1f} s)", "informative")
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+        remove_image(client, "gpumatrix-bench:torch-stage")
+        remove_descendants(client, base)
+
+
+def build_torch_stage(client, base: str) -> float:
+    """The CUDA 13.0 cell's torch stage, from its committed Dockerfile, on a base whose base stage is built: torch
+    and torchvision (the real CUDA builds, relabelled +cu130) from a loopback index, downloads not cached."""
+    index = LoopbackIndex(CACHE / CUDA.index_dir)
+    index.fill(CUDA.wheels, local_version=CUDA.local_version, log=log)
+    drop_other_versions(index, CUDA.sole_versions)
+    timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])
+    with index, tempfile.TemporaryDirectory() as context:
+        return timed(["docker", "buildx", "build", "--progress=plain", "--load", "--target", "torch",
+                      "--network", "host", "--build-arg", f"BASE_IMAGE={base}",
+                      "--build-arg", f"TORCH_INDEX_URL={index.url}", "-t", "gpumatrix-bench:torch-stage",
+                      "-f", str(ROOT / "docker" / CUDA.cell / "Dockerfile"), context])
 
 
 def installer_script(tool: str, index: str) -> str:
@@ -522,6 +613,8 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
                 bench_installers(client, image_ref, index.url)
             bench_naive(client, mode, project, base, index.url, size)
             bench_lock(client, mode, project, overrides)
+            if mode is CPU and not args.skip_locks:
+                bench_matrix_locks(client, standin)
             bench_shared_stage(client, mode, project, standin, index)
             bench_builders(client, mode, project, standin, index)
             bench_two_runners(client, mode, project, standin, index)
@@ -546,6 +639,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", action="store_true", help=f"measure the CUDA 13.0 cell {CUDA.cell} instead")
     parser.add_argument("--skip-installers", action="store_true", help="leave out the pip/uv comparison (CPU)")
+    parser.add_argument("--skip-locks", action="store_true",
+                        help="leave out locking the shipped matrix's Python 3.11 cells (CPU; real pip-compile against "
+                             "PyPI, and the CUDA 13.0 torch stage built once)")
     args = parser.parse_args()
     mode = CUDA if args.cuda else CPU
     try:

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import bases, grammar, report, secrets
+from . import bases, compat, grammar, report, secrets
 from .cells import Expansion
 from .errors import UsageError, WorkFailed
 from .matrix import REGISTRY_PATTERN
@@ -177,7 +177,30 @@ def parser() -> argparse.ArgumentParser:
                    help="judge the pushed images of a catalog (out/catalog or its images.json), not the matrix")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(run=cmd_doctor)
+
+    p = sub.add_parser("compat", help="refresh the compatibility rows an index states (compat refresh), or name "
+                                      "each way they drifted from their sources (--check --online)")
+    p.add_argument("action", nargs="?", choices=("refresh",), help="read the sources and rewrite the generated rows")
+    p.add_argument("--check", action="store_true", help="exit 1 and name each problem; with --online, each drift")
+    p.add_argument("--online", action="store_true", help="with --check: compare with what the sources say now")
+    p.add_argument("--index-url", dest="compat_index", type=_http_url, metavar="URL",
+                   help="the PyTorch index's root (default: compat.yaml `refresh: index`)")
+    p.add_argument("--nightly-url", dest="compat_nightly", type=_http_url, metavar="URL",
+                   help="the nightly index's root (default: compat.yaml `refresh: nightly`)")
+    p.add_argument("--pypi-url", dest="compat_pypi", type=_http_url, metavar="URL",
+                   help="PyPI's simple index (default: compat.yaml `refresh: pypi`)")
+    p.add_argument("--generated", type=Path, metavar="FILE",
+                   help="the generated rows (default: gpumatrix/data/compat-generated.yaml)")
+    p.add_argument("--drifts", type=Path, metavar="FILE",
+                   help="with refresh: also write what moved, one line each, to FILE (a pull request's body)")
+    p.set_defaults(run=cmd_compat)
     return top
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s\"'$`@]+", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL without credentials")
+    return value.rstrip("/")
 
 
 def _positive(value: str) -> int:
@@ -536,6 +559,48 @@ def cmd_doctor(args) -> int:
         for line in doctor.summary_lines(diagnosis):
             report.out.print(line, markup=False)
     return 0 if diagnosis.recommended else 1
+
+
+def cmd_compat(args) -> int:
+    from . import compatsources
+
+    if (args.action == "refresh") == args.check:
+        raise UsageError("compat: give `refresh` or `--check` (one of them)")
+    if args.online and not args.check:
+        raise UsageError("compat: --online goes with --check (a refresh always reads the sources)")
+    if args.drifts is not None and args.action != "refresh":
+        raise UsageError("compat: --drifts goes with refresh")
+    path = args.generated or compat.generated_path()
+    sources = compatsources.Sources.from_facts(args.compat_index, args.compat_nightly, args.compat_pypi)
+    if args.action == "refresh":
+        moved = compatsources.refresh(sources, path)
+        if args.drifts is not None:
+            write_atomic(args.drifts, "".join(f"{line}\n" for line in moved))
+        for line in moved:
+            report.info(line)
+        report.info(f"{_shown(path)}: rewritten from {sources.index}, {len(moved)} change(s)")
+        return 0
+    problems = compat.data_problems(compat.read_generated(path))
+    if args.online:
+        reading = compatsources.read_sources(sources)
+        problems += compatsources.drifts(compat.read_generated(path), reading)
+        for line in compatsources.waiting_on_index(reading):
+            report.info(line)
+    for line in problems:
+        report.problem(line)
+    if problems:
+        if args.online:
+            report.info("run `make compat` (python build.py compat refresh) and commit the generated rows")
+        return 1
+    report.info(f"{_shown(path)}: no problems" + (f", and it matches {sources.index}" if args.online else ""))
+    return 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _read_bytes(path: Path) -> bytes | None:

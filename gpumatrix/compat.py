@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
@@ -34,10 +35,41 @@ def _v(text: str) -> Version:
     return Version(text)
 
 
+HAND = "data/compat.yaml"
+GENERATED = "data/compat-generated.yaml"  # written by `compat refresh` (compatsources.py), and only by it
+ROW_KINDS = {"torch": "torch_kept", "nightly": "nightly_kept"}  # generated rows -> the hand-kept fields over them
+ROW_FIELDS = ("variants", "python", "torchvision", "torchaudio", "source")
+
+
+def generated_path() -> Path:
+    return Path(str(resources.files("gpumatrix").joinpath(GENERATED)))
+
+
+def read_generated(path: Path | None = None) -> dict:
+    """The generated rows as written (no hand-kept field applied): {"torch": {...}, "nightly": {...}}."""
+    data = yaml.safe_load((path or generated_path()).read_text()) or {}
+    return {kind: dict(data.get(kind) or {}) for kind in ROW_KINDS}
+
+
 @cache
 def facts() -> dict:
-    text = resources.files("gpumatrix").joinpath("data/compat.yaml").read_text()
-    return yaml.safe_load(text)
+    """compat.yaml with the torch and nightly rows of compat-generated.yaml, each under its hand-kept fields."""
+    merged = yaml.safe_load(resources.files("gpumatrix").joinpath(HAND).read_text())
+    generated = read_generated()
+    for kind, kept in ROW_KINDS.items():
+        merged[kind] = _apply_kept(generated[kind], merged.get(kept) or {}, kind)
+    return merged
+
+
+def _apply_kept(rows: dict, kept: dict, kind: str) -> dict:
+    merged = {release: {**rows.get(release, {}), **fields} for release, fields in kept.items()}
+    merged = {**rows, **merged}
+    for release, row in merged.items():
+        missing = [name for name in ROW_FIELDS if name not in row]
+        if missing:
+            raise ValueError(f"gpumatrix/{HAND}: the {kind} row {release} has no {', '.join(missing)} "
+                             f"(not in gpumatrix/{GENERATED} either)")
+    return merged
 
 
 def torch_releases() -> list[str]:
@@ -243,3 +275,30 @@ def find_gpu(name: str) -> GpuModel | None:
 
 def known_gpu_names() -> list[str]:
     return [model.name for model in gpu_models()]
+
+
+# ---- the data's own consistency (compat --check) --------------------------------------------------------------------
+
+
+def data_problems(generated: dict) -> list[str]:
+    """What `compat --check` names without asking any source: rows whose variants, sources or dates are unknown."""
+    problems = []
+    known_sources, known_variants = set(facts()["sources"]), set(facts()["variants"])
+    for kind in ROW_KINDS:
+        for release, row in generated[kind].items():
+            where = f"gpumatrix/{GENERATED}: {kind} {release}"
+            if row.get("source") == "index" and not row.get("checked"):
+                problems.append(f"{where}: read from the index, but no `checked` date")
+        for release, row in _apply_kept(generated[kind], facts().get(ROW_KINDS[kind]) or {}, kind).items():
+            where = f"{kind} {release}"
+            unknown = [v for v in row["variants"] if v not in known_variants]
+            if unknown:
+                problems.append(f"{where}: variant {', '.join(unknown)} has no row under `variants:` in "
+                                f"gpumatrix/{HAND}")
+            if len(row["python"]) != 2:
+                problems.append(f"{where}: python must be [lowest, highest], not {row['python']}")
+            sources = {s.strip() for s in str(row["source"]).split(",")}
+            if not sources <= known_sources:
+                problems.append(f"{where}: source {', '.join(sorted(sources - known_sources))} is not under "
+                                f"`sources:` in gpumatrix/{HAND}")
+    return problems

@@ -147,3 +147,35 @@ def test_python_source():
     assert compat.python_source("12.8", "3.11") == "deadsnakes"
     assert compat.python_source("12.4", "3.10") == "apt"  # Ubuntu 22.04 ships 3.10
     assert compat.python_source("cpu", "3.11") == "base"
+
+
+# ---- rows fixed by hand in issue 17, each from the source compat.yaml names for it ----------------------------------
+
+
+def test_torch_2_15_0_is_known_for_python_3_11_to_3_15():
+    compat.check_python("2.15.0", "3.11")
+    compat.check_python("2.15.0", "3.15")
+    with pytest.raises(Incompatible, match="Python 3.11 to 3.15, not 3.10"):
+        compat.check_python("2.15.0", "3.10")  # the first release without Python 3.10 wheels
+    assert compat.variant_for("2.15.0", "13.0") == "cu130"
+    assert compat.companions("2.15.0", "cu130", ("torchvision", "torchaudio")) == (("torchvision", "0.30.0+cu130"),)
+
+
+def test_nightlies_no_longer_build_python_3_10():
+    compat.check_python("2.16.0.dev20261201", "3.11")
+    with pytest.raises(Incompatible):
+        compat.check_python("2.16.0.dev20261201", "3.10")
+
+
+@pytest.mark.parametrize("torch", ["2.12.0", "2.12.1", "2.13.0", "2.14.0", "2.14.1"])
+def test_cu132_builds_exist_but_a_13_0_base_keeps_cu130(torch):
+    assert "cu132" in compat.facts()["torch"][torch]["variants"]
+    assert compat.variant_for(torch, "13.0") == "cu130"  # 13.2 wheels need a 13.2 driver stack: never on 13.0
+    assert compat.wheel_archs(torch, "cu132") == ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
+
+
+@pytest.mark.parametrize(("torch", "on_12_8"), [("2.9.1", "cu128"), ("2.10.0", "cu128"), ("2.12.1", "cu126")])
+def test_cu129_builds_are_known_and_stay_off_the_12_8_base(torch, on_12_8):
+    assert "cu129" in compat.facts()["torch"][torch]["variants"]
+    assert compat.variant_for(torch, "12.8") == on_12_8  # 12.9 is above the 12.8 base
+    assert compat.wheel_archs(torch, "cu129") == ("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
