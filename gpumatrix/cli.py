@@ -194,6 +194,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drifts", type=Path, metavar="FILE",
                    help="with refresh: also write what moved, one line each, to FILE (a pull request's body)")
     p.set_defaults(run=cmd_compat)
+
+    p = sub.add_parser("changes", help="what a refresh moved (compat rows, base digests, lock pins): --save DIR "
+                                       "before it, --since DIR after it (a markdown table, a pull request's body)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--save", type=Path, metavar="DIR", help="copy the files a refresh may rewrite into DIR")
+    which.add_argument("--since", type=Path, metavar="DIR", help="compare the files now with the copy in DIR")
+    p.add_argument("--output", type=Path, metavar="FILE", help="with --since: write the table to FILE, not stdout")
+    p.set_defaults(run=cmd_changes)
     return top
 
 
@@ -593,6 +601,26 @@ def cmd_compat(args) -> int:
             report.info("run `make compat` (python build.py compat refresh) and commit the generated rows")
         return 1
     report.info(f"{_shown(path)}: no problems" + (f", and it matches {sources.index}" if args.online else ""))
+    return 0
+
+
+def cmd_changes(args) -> int:
+    from . import changes
+
+    project = Project(args.matrix)
+    if args.save is not None:
+        if args.output is not None:
+            raise UsageError("changes: --output goes with --since")
+        changes.save(project, args.save)
+        report.info(f"saved the compatibility rows, base digests and locks in {args.save}")
+        return 0
+    if not (args.since / changes.COMPAT_COPY).is_file():
+        raise UsageError(f"changes: {args.since} holds no copy made by `changes --save`")
+    body = changes.table(changes.since(project, args.since))
+    if args.output is not None:
+        write_atomic(args.output, body)
+    else:
+        report.out.print(body, markup=False, end="")
     return 0
 
 

@@ -221,3 +221,35 @@ def test_workflow_shape():
     assert "REGISTRY_PASSWORD" not in push["run"]
     assert runs["catalog entry"]["with"]["path"] == "out/catalog/"
     assert jobs["catalog"]["needs"] == "image"
+
+
+REFRESH = REPO / ".github" / "workflows" / "refresh.yml"
+
+
+def test_refresh_workflow_passes_actionlint():
+    findings = actionlint(REFRESH)
+    assert findings == [], "\n".join(f"{f['line']}:{f['column']}: {f['message']}" for f in findings)
+
+
+def test_refresh_workflow_shape():
+    """Weekly and on demand; keeps a copy, refreshes compat, bases, locks and Dockerfiles in that order, and puts the
+    table of what moved in the body of one pull request that carries exactly those files."""
+    flow = yaml.safe_load(REFRESH.read_text())
+    triggers = flow[True]  # YAML 1.1 reads the key `on` as true
+    assert "workflow_dispatch" in triggers and triggers["schedule"][0]["cron"].endswith("* * 1")
+    assert flow["permissions"] == {"contents": "write", "pull-requests": "write"}
+    steps = flow["jobs"]["refresh"]["steps"]
+    runs = [step["run"] for step in steps if "run" in step]
+    assert runs == [
+        "make venv",
+        '.venv/bin/python build.py changes --save "$RUNNER_TEMP/before"',
+        "make compat",
+        "make bases REFRESH=1",
+        "make lock JOBS=4",
+        "make render",
+        '.venv/bin/python build.py changes --since "$RUNNER_TEMP/before" --output "$RUNNER_TEMP/body.md"',
+    ]
+    (pr,) = [step for step in steps if step.get("uses", "").startswith("peter-evans/create-pull-request@")]
+    assert pr["with"]["body-path"] == "${{ runner.temp }}/body.md"
+    assert pr["with"]["branch"] == "gpumatrix/refresh"
+    assert pr["with"]["add-paths"].split() == ["gpumatrix/data/compat-generated.yaml", "locks/", "docker/"]
