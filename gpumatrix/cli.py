@@ -189,6 +189,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the nightly index's root (default: compat.yaml `refresh: nightly`)")
     p.add_argument("--pypi-url", dest="compat_pypi", type=_http_url, metavar="URL",
                    help="PyPI's simple index (default: compat.yaml `refresh: pypi`)")
+    p.add_argument("--registry", dest="compat_registry", metavar="URL",
+                   help="with --check --online: read the nvidia/cuda tag lists from this mirror, not Docker Hub")
     p.add_argument("--generated", type=Path, metavar="FILE",
                    help="the generated rows (default: gpumatrix/data/compat-generated.yaml)")
     p.add_argument("--drifts", type=Path, metavar="FILE",
@@ -578,6 +580,8 @@ def cmd_compat(args) -> int:
         raise UsageError("compat: --online goes with --check (a refresh always reads the sources)")
     if args.drifts is not None and args.action != "refresh":
         raise UsageError("compat: --drifts goes with refresh")
+    if args.compat_registry is not None and not args.online:
+        raise UsageError("compat: --registry goes with --check --online")
     path = args.generated or compat.generated_path()
     sources = compatsources.Sources.from_facts(args.compat_index, args.compat_nightly, args.compat_pypi)
     if args.action == "refresh":
@@ -592,6 +596,7 @@ def cmd_compat(args) -> int:
     if args.online:
         reading = compatsources.read_sources(sources)
         problems += compatsources.drifts(compat.read_generated(path), reading)
+        problems += compatsources.cuda_base_drifts(bases.Resolver(args.compat_registry))
         for line in compatsources.waiting_on_index(reading):
             report.info(line)
     for line in problems:

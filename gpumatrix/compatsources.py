@@ -26,7 +26,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from . import compat
+from . import bases, compat
 from .errors import UsageError
 from .project import write_atomic
 
@@ -318,6 +318,34 @@ def read_sources(sources: Sources, reader: PageReader | None = None, today: str 
     checked = today or date.today().isoformat()
     return Reading({"torch": release_rows(reader, sources, checked), "nightly": nightly_rows(reader, sources, checked)},
                    pypi_releases(reader, sources))
+
+
+# ---- the CUDA base images (hand-kept rows: told, never rewritten) ------------------------------------------------
+
+
+def cuda_base_drifts(resolver: bases.Resolver) -> list[str]:
+    """Per CUDA row of compat.yaml: its devel and runtime tags still on their registry (NVIDIA deletes end-of-life
+    tags), and no newer patch of the minor with the same suffix. The rows stay hand-kept: a new patch brings its own
+    driver floor and cuDNN, which no tag list states."""
+    lines, listed = [], {}
+    for cuda, row in compat.facts()["cuda"].items():
+        if not row.get("patch"):
+            continue
+        for kind in ("devel", "runtime"):
+            text = row[kind].format(patch=row["patch"], ubuntu=row["ubuntu"])
+            ref = bases.parse_reference(text)
+            client = resolver.client(ref)
+            key = (client.base_url, ref.path)
+            if key not in listed:
+                listed[key] = client.tags(ref.path) or []
+            tags = listed[key]
+            if ref.tag not in tags:
+                lines.append(f"CUDA {cuda}: {text} is gone from {client.host}")
+            newer = bases.newest_patch(ref.tag, tags)
+            if kind == "devel" and newer and Version(newer.split("-")[0]) > Version(row["patch"]):
+                lines.append(f"CUDA {cuda}: newer patch {newer} on {client.host} (compat.yaml pins {row['patch']}; "
+                             "move it by hand with the driver floor and cuDNN of that patch)")
+    return lines
 
 
 # ---- writing and comparing ---------------------------------------------------------------------------------------
