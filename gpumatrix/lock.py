@@ -103,6 +103,9 @@ def _dry_run(container, job: LockJob) -> None:
         if RETRIES_USED_UP.search(str(exc)):
             raise WorkFailed(f"the torch index {index} stopped answering while the torch stage was resolved from it; "
                              "no lock written") from None
+        refused = python_refused(str(exc), job.cell)
+        if refused is not None:
+            raise UsageError(refused) from None
         missing = NOT_FOUND.search(str(exc))
         if missing:
             pins = " ".join(f"{name}=={pin}" for name, pin in job.cell.torch_stage_packages)
@@ -110,6 +113,28 @@ def _dry_run(container, job: LockJob) -> None:
                              f"`pip install {pins}` can use for Python {job.cell.python} (cell {job.cell.name}); "
                              "no lock written") from None
         raise
+
+
+IGNORED_FOR_PYTHON = re.compile(r"Ignored the following versions that require a different python version: (.*)$",
+                                re.IGNORECASE | re.MULTILINE)
+
+
+def python_refused(output: str, cell: Cell) -> str | None:
+    """The torch stage's pins that pip ignored for their Requires-Python (torchvision 0.27 declares `!=3.14.1`):
+    the cell's Python cannot have that torch stage, which is the matrix's choice. None when pip ignored none."""
+    ignored = dict(entry.strip().split(" Requires-Python ", 1)
+                   for found in IGNORED_FOR_PYTHON.findall(output) for entry in found.split(";")
+                   if " Requires-Python " in entry)
+    hits = []
+    for name, pin in cell.torch_stage_packages:
+        declared = ignored.get(pin) or ignored.get(pin.split("+")[0])
+        if declared:
+            hits.append(f"{name} {pin} declares Requires-Python {declared}")
+    if not hits:
+        return None
+    return (f"{cell.name}: {'; '.join(hits)}, which the Python {cell.python} of its base does not meet, so its "
+            f"torch stage cannot be installed; exclude Python {cell.python} for torch {cell.torch} in matrix.yaml, "
+            "or use a base with another Python patch")
 
 
 def _dry_run_script(job: LockJob) -> str:

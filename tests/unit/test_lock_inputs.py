@@ -5,9 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from gpumatrix.lock import python_refused
+from gpumatrix.pipeline import load
+from gpumatrix.select import Filters, select
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +59,32 @@ def test_index_options_in_a_layer_are_refused(tmp_project):
     result = lock(tmp_project)
     assert result.returncode == 2
     assert "option '--extra-index-url' is not allowed in a layer" in result.stderr
+
+
+# What pip printed (its wording since pip 22) for a torch stage whose torchvision declares `!=3.14.1`, on a base whose
+# Python is 3.14.1; the versions and specifiers are written here by hand.
+PIP_IGNORED_FOR_PYTHON = """\
+ERROR: Ignored the following versions that require a different python version: 0.27.0+cu130 Requires-Python \
+!=3.14.1,>=3.10; 0.26.0+cu130 Requires-Python >=3.10,<3.14
+ERROR: Could not find a version that satisfies the requirement torchvision==0.27.0+cu130 (from versions: none)
+ERROR: No matching distribution found for torchvision==0.27.0+cu130
+"""
+
+
+def _cell(cuda: str, python: str, torch: str):
+    _, expansion = load(REPO / "matrix.yaml")
+    (cell,) = select(expansion, Filters(cuda, python, torch, None))
+    return cell
+
+
+def test_a_torch_stage_pin_refused_for_its_requires_python_names_the_pin_and_the_cell():
+    cell = _cell("13.0", "3.12", "2.14.1")
+    cell = replace(cell, companions=(("torchvision", "0.27.0+cu130"),))
+    assert python_refused(PIP_IGNORED_FOR_PYTHON, cell) == (
+        "cu13.0-py3.12-torch2.14.1: torchvision 0.27.0+cu130 declares Requires-Python !=3.14.1,>=3.10, which the "
+        "Python 3.12 of its base does not meet, so its torch stage cannot be installed; exclude Python 3.12 for "
+        "torch 2.14.1 in matrix.yaml, or use a base with another Python patch")
+
+
+def test_pip_ignoring_other_versions_is_no_refusal_of_the_pins():
+    assert python_refused(PIP_IGNORED_FOR_PYTHON, _cell("13.0", "3.12", "2.14.1")) is None  # pins 0.29.1+cu130
