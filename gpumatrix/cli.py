@@ -203,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--save", type=Path, metavar="DIR", help="copy the files a refresh may rewrite into DIR")
     which.add_argument("--since", type=Path, metavar="DIR", help="compare the files now with the copy in DIR")
     p.add_argument("--output", type=Path, metavar="FILE", help="with --since: write the table to FILE, not stdout")
+    p.add_argument("--generated", type=Path, metavar="FILE",
+                   help="the generated compatibility rows (default: gpumatrix/data/compat-generated.yaml)")
     p.set_defaults(run=cmd_changes)
     return top
 
@@ -616,12 +618,12 @@ def cmd_changes(args) -> int:
     if args.save is not None:
         if args.output is not None:
             raise UsageError("changes: --output goes with --since")
-        changes.save(project, args.save)
+        changes.save(project, args.save, args.generated)
         report.info(f"saved the compatibility rows, base digests and locks in {args.save}")
         return 0
     if not (args.since / changes.COMPAT_COPY).is_file():
         raise UsageError(f"changes: {args.since} holds no copy made by `changes --save`")
-    body = changes.table(changes.since(project, args.since))
+    body = changes.table(changes.since(project, args.since, args.generated))
     if args.output is not None:
         write_atomic(args.output, body)
     else:
