@@ -15,7 +15,7 @@ import pytest
 
 from devtools.standins import LoopbackIndex
 from support.cli import cli
-from support.compatpages import plant_pages
+from support.compatpages import EARLIER_ROWS, plant_pages
 from support.projects import WITH_LOCKS, copy_project, matrix_text
 from support.standins import standin_flags
 
@@ -27,14 +27,6 @@ CPU_ONLY = matrix_text(cuda=("cpu",), torch=("2.13.0",), extra=(
     "  - match: {cuda: cpu}\n"
     "    layers: [cpu]\n"
     "    companions: []\n"))
-# The generated rows as an earlier refresh left them.
-COMMITTED_ROWS = (
-    "torch:\n"
-    '  "2.14.1": {variants: [cu126, cu129, cu130], python: ["3.10", "3.14"], torchvision: "0.29.1", '
-    'torchaudio: null, source: index, checked: "2026-11-01"}\n'
-    "nightly:\n"
-    '  "2.16.0": {variants: [cu130], python: ["3.10", "3.14"], torchvision: "0.31.0", torchaudio: null, '
-    'source: index, checked: "2026-11-01"}\n')
 BASES = ("python:3.11-bookworm", "python:3.11-slim-bookworm")
 
 
@@ -75,7 +67,7 @@ def test_the_refresh_steps_on_a_new_repository_produce_the_pull_request_body(tmp
     project = copy_project(tmp_path / "project", WITH_LOCKS, matrix=CPU_ONLY)
     (project / "locks" / f"{CELL}.txt").unlink()
     generated = tmp_path / "compat-generated.yaml"
-    generated.write_text(COMMITTED_ROWS)
+    generated.write_text(EARLIER_ROWS)
     before, body = tmp_path / "before", tmp_path / "body.md"
 
     steps = [

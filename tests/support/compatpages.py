@@ -58,6 +58,15 @@ def plant_pages(release: LoopbackIndex, nightly: LoopbackIndex, pypi: LoopbackIn
         plant(pypi, f"torch-2.16.0-{cp(python)}-{ML}.whl")
 
 
+# The generated rows as a refresh some weeks before the pages above left them.
+EARLIER_ROWS = (
+    "torch:\n"
+    '  "2.14.1": {variants: [cu126, cu129, cu130], python: ["3.10", "3.14"], torchvision: "0.29.1", '
+    'torchaudio: null, source: index, checked: "2026-11-01"}\n'
+    "nightly:\n"
+    '  "2.16.0": {variants: [cu130], python: ["3.10", "3.14"], torchvision: "0.31.0", torchaudio: null, '
+    'source: index, checked: "2026-11-01"}\n')
+
 # The nvidia/cuda tags of compat.yaml's CUDA rows, as Docker Hub's tag list answers (GET /v2/<path>/tags/list).
 CUDA_TAGS = ["12.4.1-cudnn-devel-ubuntu22.04", "12.4.1-base-ubuntu22.04", "12.8.1-cudnn-devel-ubuntu24.04",
              "12.8.1-base-ubuntu24.04", "13.0.1-cudnn-devel-ubuntu24.04", "13.0.1-base-ubuntu24.04",

@@ -13,7 +13,7 @@ import yaml
 from devtools.standins import LoopbackIndex
 from gpumatrix import compat, compatsources
 from gpumatrix.cli import main
-from support.compatpages import CUDA_TAGS, hub_tags, plant_pages
+from support.compatpages import CUDA_TAGS, EARLIER_ROWS, hub_tags, plant_pages
 
 
 @pytest.fixture
@@ -47,13 +47,7 @@ def test_rows_are_read_from_the_pages(stand_ins):
 def committed(tmp_path: Path) -> Path:
     """The generated file as a refresh some weeks ago left it."""
     path = tmp_path / "compat-generated.yaml"
-    path.write_text(
-        "torch:\n"
-        '  "2.14.1": {variants: [cu126, cu129, cu130], python: ["3.10", "3.14"], torchvision: "0.29.1", '
-        'torchaudio: null, source: index, checked: "2026-11-01"}\n'
-        "nightly:\n"
-        '  "2.16.0": {variants: [cu130], python: ["3.10", "3.14"], torchvision: "0.31.0", torchaudio: null, '
-        'source: index, checked: "2026-11-01"}\n')
+    path.write_text(EARLIER_ROWS)
     return path
 
 
