@@ -341,11 +341,24 @@ def cuda_base_drifts(resolver: bases.Resolver) -> list[str]:
             tags = listed[key]
             if ref.tag not in tags:
                 lines.append(f"CUDA {cuda}: {text} is gone from {client.host}")
+            if kind != "devel":
+                continue
             newer = bases.newest_patch(ref.tag, tags)
-            if kind == "devel" and newer and Version(newer.split("-")[0]) > Version(row["patch"]):
+            if newer and Version(newer.split("-")[0]) > Version(row["patch"]):
                 lines.append(f"CUDA {cuda}: newer patch {newer} on {client.host} (compat.yaml pins {row['patch']}; "
                              "move it by hand with the driver floor and cuDNN of that patch)")
+            lines += _newer_ubuntu(cuda, row, ref.tag, tags, client.host)
     return lines
+
+
+def _newer_ubuntu(cuda: str, row: dict, tag: str, tags: list[str], host: str) -> list[str]:
+    """The same patch and image kind on a newer Ubuntu than the row's (NVIDIA adds one for some patches)."""
+    pattern = re.compile(re.escape(tag).replace(re.escape(f"ubuntu{row['ubuntu']}"), r"ubuntu(\d+\.\d+)") + "$")
+    found = sorted((m.group(1) for m in map(pattern.match, tags) if m), key=Version)
+    if found and Version(found[-1]) > Version(row["ubuntu"]):
+        return [f"CUDA {cuda}: {tag.replace(row['ubuntu'], found[-1])} exists on {host} (compat.yaml uses Ubuntu "
+                f"{row['ubuntu']})"]
+    return []
 
 
 # ---- writing and comparing ---------------------------------------------------------------------------------------
