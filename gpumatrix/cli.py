@@ -595,17 +595,21 @@ def cmd_compat(args) -> int:
         report.info(f"{_shown(path)}: rewritten from {sources.index}, {len(moved)} change(s)")
         return 0
     problems = compat.data_problems(compat.read_generated(path))
+    index_drifts, cuda_drifts = [], []
     if args.online:
         reading = compatsources.read_sources(sources)
-        problems += compatsources.drifts(compat.read_generated(path), reading)
-        problems += compatsources.cuda_base_drifts(bases.Resolver(args.compat_registry))
+        index_drifts = compatsources.drifts(compat.read_generated(path), reading)
+        cuda_drifts = compatsources.cuda_base_drifts(bases.Resolver(args.compat_registry))
         for line in compatsources.waiting_on_index(reading):
             report.info(line)
-    for line in problems:
+    for line in problems + index_drifts + cuda_drifts:
         report.problem(line)
-    if problems:
-        if args.online:
-            report.info("run `make compat` (python build.py compat refresh) and commit the generated rows")
+    if index_drifts:
+        report.info("run `make compat` (python build.py compat refresh) and commit the generated rows")
+    if cuda_drifts:
+        report.info(f"move the CUDA rows of gpumatrix/{compat.HAND} by hand: patch, driver floor and cuDNN, each "
+                    "with its source")
+    if problems or index_drifts or cuda_drifts:
         return 1
     report.info(f"{_shown(path)}: no problems" + (f", and it matches {sources.index}" if args.online else ""))
     return 0
