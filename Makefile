@@ -92,7 +92,7 @@ doctor: venv
 		$(if $(FORMAT),--format $(FORMAT))
 
 test: venv
-	$(BIN)/python -m pytest tests/unit tests/integration
+	$(BIN)/python -m pytest --durations=25 tests/unit tests/integration
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
