@@ -298,7 +298,7 @@ def bench_size(client, image_ref: str, runtime_base: str) -> int:
 NAIVE_CPU = """\
 # The seed's audited pattern: one stage on the devel base; torch first, then a requirements file naming torch again.
 FROM {base}
-RUN python3.11 -m venv /opt/venv
+RUN python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install numpy
 RUN pip install --index-url {index} {torch_pins}
@@ -310,7 +310,7 @@ NAIVE_CUDA = """\
 # The seed's audited Dockerfile, on the devel base: numpy first, torch (+ companion) from the torch index, a
 # constraints file of bare versions, then requirements.txt (which names torch again) from PyPI with no --index-url.
 FROM {base}
-RUN python3.11 -m venv /opt/venv
+RUN python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir "numpy>=2,<3"
 RUN pip install --no-cache-dir --index-url {index} {torch_pins}
@@ -393,7 +393,7 @@ def bench_naive(client, mode: Mode, project: Path, base: str, index: str, size: 
 
 BARE_RESOLVERS = {
     "pip-compile": "/tmp/gpumatrix-tools/bin/pip-compile --quiet --generate-hashes -o lock.txt layer.in",
-    "uv": "/tmp/uv/bin/uv pip compile --quiet --generate-hashes -o lock.txt layer.in",
+    "uv": "/tmp/uv/bin/uv pip compile --system-certs --quiet --generate-hashes -o lock.txt layer.in",
 }
 
 
@@ -526,8 +526,12 @@ def installer_script(tool: str, index: str) -> str:
     pip = "uv pip" if tool == "uv" else "pip"
     compile_flag = " --compile-bytecode" if tool == "uv" else ""
     no_deps = " --no-deps" if tool == "uv" else ""
+    # The venv gets the image's pip: the one ensurepip bundles with Debian's Python 3.11 rejects wheels whose
+    # metadata is newer than it knows (typing_extensions 4.16.0: Metadata-Version 2.4) as "no matching distribution".
     return ((f"pip install -q uv=={DEFAULT_SETTINGS.uv} && " if tool == "uv" else "")
-            + "python -m venv /tmp/e && source /tmp/e/bin/activate && date +%s.%N && "
+            + "python -m venv /tmp/e && source /tmp/e/bin/activate && "
+            f"python -m pip install -q pip==$({layout.VENV_PYTHON} -m pip --version | cut -d' ' -f2) && "
+            "date +%s.%N && "
             f"{pip} install -q{compile_flag} --index-url {index} torch==2.13.0+cpu && date +%s.%N && "
             "pip freeze --exclude pip > /tmp/c.txt && "
             f"{pip} install -q{compile_flag}{no_deps} --require-hashes -c /tmp/c.txt -r {layout.LOCK_IN_IMAGE} && date +%s.%N && "
@@ -611,7 +615,8 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             size = bench_size(client, image_ref, base)
             if mode is CPU and not args.skip_installers:
                 bench_installers(client, image_ref, index.url)
-            bench_naive(client, mode, project, base, index.url, size)
+            if not args.skip_naive:
+                bench_naive(client, mode, project, base, index.url, size)
             bench_lock(client, mode, project, overrides)
             if mode is CPU and not args.skip_locks:
                 bench_matrix_locks(client, standin)
@@ -639,6 +644,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", action="store_true", help=f"measure the CUDA 13.0 cell {CUDA.cell} instead")
     parser.add_argument("--skip-installers", action="store_true", help="leave out the pip/uv comparison (CPU)")
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive single-stage build")
     parser.add_argument("--skip-locks", action="store_true",
                         help="leave out locking the shipped matrix's Python 3.11 cells (CPU; real pip-compile against "
                              "PyPI, and the CUDA 13.0 torch stage built once)")
