@@ -217,7 +217,9 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
     seconds = {}
     for what, extra in (("one", ["--flavour", "none"]), ("two", ["--all", "-j", "2"])):
         base = fresh_base(client, standin, f"shared-{what}")
-        seconds[what] = timed(cli(project, "build", *cell_args(mode), *extra, *overrides_for(base, index)))
+        # --force: the content tag does not name the base, so the cell built earlier in this run would be found
+        seconds[what] = timed(cli(project, "build", *cell_args(mode), *extra, "--force",
+                                  *overrides_for(base, index)))
         remove_descendants(client, base)
     row("two cells sharing a torch stage, built together (-j 2) / one cell", seconds["two"] / seconds["one"],
         f"{seconds['two']:.1f} s / {seconds['one']:.1f} s (both cold)", "<= 1.3")
@@ -225,20 +227,21 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
 
 def bench_builders(client, mode: Mode, project: Path, standin: str, index: LoopbackIndex) -> None:
     """BuildKit (buildx) against the classic builder on the same cell in one run: cold (each on a base copy of its
-    own, BuildKit's download caches emptied first), then each after the same lock change."""
+    own, BuildKit's download caches emptied first), then each after the same lock change. --force: the content tag
+    is the same on both builders and does not name the base, so without it the second build would find the first."""
     seconds: dict[tuple[str, str], float] = {}
     bases = {builder: fresh_base(client, standin, f"builder-{builder}") for builder in ("buildkit", "classic")}
     try:
         timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])
         for builder, base in bases.items():
             seconds[builder, "cold"] = timed(cli(project, "build", *cell_args(mode), "--builder", builder,
-                                                 *overrides_for(base, index)))
+                                                 "--force", *overrides_for(base, index)))
         layer = project / "requirements" / f"{mode.layer}.in"
         layer.write_text(layer.read_text() + "six>=1.16\n")
         timed(cli(project, "lock", *cell_args(mode), *overrides_for(bases["buildkit"], index)))
         for builder, base in bases.items():
             seconds[builder, "lock"] = timed(cli(project, "build", *cell_args(mode), "--builder", builder,
-                                                 *overrides_for(base, index)))
+                                                 "--force", *overrides_for(base, index)))
     finally:
         for base in bases.values():
             remove_descendants(client, base)
