@@ -625,7 +625,8 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
                 bench_matrix_locks(client, standin)
             bench_shared_stage(client, mode, project, standin, index)
             bench_builders(client, mode, project, standin, index)
-            bench_two_runners(client, mode, project, standin, index)
+            if not args.skip_runners:
+                bench_two_runners(client, mode, project, standin, index)
     finally:
         shutil.rmtree(project, ignore_errors=True)
         remove_image(client, "gpumatrix-bench:naive")
@@ -648,6 +649,7 @@ def main() -> int:
     parser.add_argument("--cuda", action="store_true", help=f"measure the CUDA 13.0 cell {CUDA.cell} instead")
     parser.add_argument("--skip-installers", action="store_true", help="leave out the pip/uv comparison (CPU)")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive single-stage build")
+    parser.add_argument("--skip-runners", action="store_true", help="leave out the two CI runners")
     parser.add_argument("--skip-locks", action="store_true",
                         help="leave out locking the shipped matrix's Python 3.11 cells (CPU; real pip-compile against "
                              "PyPI, and the CUDA 13.0 torch stage built once)")
