@@ -171,8 +171,14 @@ def lock_uncommitted_cell(client, mode: Mode, project: Path, standin: str, index
     remove_descendants(client, base)
 
 
+def empty_buildkit_cache() -> None:
+    """Before a cold BuildKit build: a fresh copy of the base is not enough, since BuildKit finds the copy's layers by
+    content and reuses every step built on them before; the download cache mounts go too."""
+    timed(["docker", "buildx", "prune", "-af"])
+
+
 def bench_builds(mode: Mode, project: Path, overrides: list[str], make_vars: list[str]) -> str:
-    timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])  # no download cached either
+    empty_buildkit_cache()
     cold = timed(cli(project, "build", *cell_args(mode), *overrides))
     noop = timed(["make", "-s", "image", f"MATRIX={project / 'matrix.yaml'}", *make_filters(mode), *make_vars])
     row("no-op `make image` (content tag present) / cold build", noop / cold,
@@ -217,6 +223,7 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
     seconds = {}
     for what, extra in (("one", ["--flavour", "none"]), ("two", ["--all", "-j", "2"])):
         base = fresh_base(client, standin, f"shared-{what}")
+        empty_buildkit_cache()
         # --force: the content tag does not name the base, so the cell built earlier in this run would be found
         seconds[what] = timed(cli(project, "build", *cell_args(mode), *extra, "--force",
                                   *overrides_for(base, index)))
@@ -232,7 +239,7 @@ def bench_builders(client, mode: Mode, project: Path, standin: str, index: Loopb
     seconds: dict[tuple[str, str], float] = {}
     bases = {builder: fresh_base(client, standin, f"builder-{builder}") for builder in ("buildkit", "classic")}
     try:
-        timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])
+        empty_buildkit_cache()
         for builder, base in bases.items():
             seconds[builder, "cold"] = timed(cli(project, "build", *cell_args(mode), "--builder", builder,
                                                  "--force", *overrides_for(base, index)))
@@ -514,7 +521,7 @@ def build_torch_stage(client, base: str) -> float:
     index = LoopbackIndex(CACHE / CUDA.index_dir)
     index.fill(CUDA.wheels, local_version=CUDA.local_version, log=log)
     drop_other_versions(index, CUDA.sole_versions)
-    timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])
+    timed(["docker", "buildx", "prune", "-f", "--filter", "type=exec.cachemount"])  # the base stage stays cached
     with index, tempfile.TemporaryDirectory() as context:
         return timed(["docker", "buildx", "build", "--progress=plain", "--load", "--target", "torch",
                       "--network", "host", "--build-arg", f"BASE_IMAGE={base}",
