@@ -42,9 +42,8 @@ def since(project: Project, where: Path, generated: Path | None = None) -> list[
 
 
 def compat_changes(before: Path, after: Path) -> list[Change]:
-    fresh = compat.read_generated(after)
-    lines = compatsources.drifts(compat.read_generated(before), compatsources.Reading(fresh, {}))
-    return [Change(f"compat: {what}", "", how) for what, _, how in (line.partition(": ") for line in lines)]
+    moved = compatsources.row_changes(compat.read_generated(before), compat.read_generated(after))
+    return [Change(f"compat: {what}", "", how) for what, how in moved]
 
 
 def base_changes(before: Path, after: Path) -> list[Change]:

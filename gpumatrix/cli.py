@@ -594,11 +594,12 @@ def cmd_compat(args) -> int:
             report.info(line)
         report.info(f"{_shown(path)}: rewritten from {sources.index}, {len(moved)} change(s)")
         return 0
-    problems = compat.data_problems(compat.read_generated(path))
+    generated = compat.read_generated(path)
+    problems = compat.data_problems(generated)
     index_drifts, cuda_drifts = [], []
     if args.online:
         reading = compatsources.read_sources(sources)
-        index_drifts = compatsources.drifts(compat.read_generated(path), reading)
+        index_drifts = compatsources.drifts(generated, reading.rows)
         cuda_drifts = compatsources.cuda_base_drifts(bases.Resolver(args.compat_registry))
         for line in compatsources.waiting_on_index(reading):
             report.info(line)

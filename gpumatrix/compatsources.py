@@ -51,7 +51,6 @@ class Link:
 class Wheel:
     """A Linux x86_64 wheel of a page: its public version, its variant (the local label) and its CPythons."""
 
-    project: str
     version: Version
     variant: str | None
     pythons: frozenset[str]  # "3.11"; empty for a py3-none wheel, which any Python 3 takes
@@ -182,7 +181,7 @@ def linux_wheels(links: list[Link]) -> list[Wheel]:
     wheels = []
     for link in links:
         try:
-            name, version, _, tags = parse_wheel_filename(link.filename)
+            _, version, _, tags = parse_wheel_filename(link.filename)
         except InvalidWheelFilename:
             continue
         tags = [tag for tag in tags
@@ -192,7 +191,7 @@ def linux_wheels(links: list[Link]) -> list[Wheel]:
         pythons = frozenset(f"{tag.interpreter[2]}.{tag.interpreter[3:]}" for tag in tags
                             if re.fullmatch(r"cp3\d+", tag.interpreter))
         variant = str(version.local) if version.local else None
-        wheels.append(Wheel(canonicalize_name(name), Version(version.public), variant, pythons, link.url))
+        wheels.append(Wheel(Version(version.public), variant, pythons, link.url))
     return wheels
 
 
@@ -392,18 +391,12 @@ def refresh(sources: Sources, path: Path, reader: PageReader | None = None, toda
     reading = read_sources(sources, reader, today)
     before = compat.read_generated(path) if path.exists() else {kind: {} for kind in compat.ROW_KINDS}
     write_atomic(path, dump_generated(reading.rows, sources, GENERATED_HEADER))
-    return drifts(before, reading) + waiting_on_index(reading)
+    return drifts(before, reading.rows) + waiting_on_index(reading)
 
 
-def drifts(committed: dict[str, dict[str, dict]], reading: Reading) -> list[str]:
+def drifts(committed: dict[str, dict[str, dict]], fresh: dict[str, dict[str, dict]]) -> list[str]:
     """One line per way the committed rows differ from what the sources say now."""
-    lines = []
-    for kind, fresh_rows in reading.rows.items():
-        label = "torch {}" if kind == "torch" else "torch {} nightly"
-        old_rows = committed.get(kind, {})
-        for release in sorted(set(old_rows) | set(fresh_rows), key=Version):
-            lines += _row_drifts(label.format(release), old_rows.get(release), fresh_rows.get(release))
-    return lines
+    return [f"{what}: {how}" for what, how in row_changes(committed, fresh)]
 
 
 def waiting_on_index(reading: Reading) -> list[str]:
@@ -413,22 +406,28 @@ def waiting_on_index(reading: Reading) -> list[str]:
             for release, pythons in reading.pypi.items() if release not in on_index]
 
 
-def _row_drifts(what: str, old: dict | None, new: dict | None) -> list[str]:
+def row_changes(committed: dict[str, dict[str, dict]], fresh: dict[str, dict[str, dict]]) -> list[tuple[str, str]]:
+    """(the release, how it moved) for each way the committed rows differ from the fresh ones."""
+    changes = []
+    for kind, fresh_rows in fresh.items():
+        label = "torch {}" if kind == "torch" else "torch {} nightly"
+        old_rows = committed.get(kind, {})
+        for release in sorted(set(old_rows) | set(fresh_rows), key=Version):
+            what = label.format(release)
+            changes += [(what, how) for how in _row_changes(old_rows.get(release), fresh_rows.get(release))]
+    return changes
+
+
+def _row_changes(old: dict | None, new: dict | None) -> list[str]:
     if old is None:
-        return [f"{what}: new on the index (variants {' '.join(new['variants']) or 'none'}, "
-                f"Python {'-'.join(new['python'])})"]
+        return [f"new on the index (variants {' '.join(new['variants']) or 'none'}, Python {'-'.join(new['python'])})"]
     if new is None:
-        return [f"{what}: no longer on the index"]
-    lines = []
-    for variant in new["variants"]:
-        if variant not in old["variants"]:
-            lines.append(f"{what}: new variant {variant}")
-    for variant in old["variants"]:
-        if variant not in new["variants"]:
-            lines.append(f"{what}: variant {variant} gone from the index")
+        return ["no longer on the index"]
+    lines = [f"new variant {variant}" for variant in new["variants"] if variant not in old["variants"]]
+    lines += [f"variant {variant} gone from the index" for variant in old["variants"]
+              if variant not in new["variants"]]
     if list(old["python"]) != list(new["python"]):
-        lines.append(f"{what}: Python {'-'.join(old['python'])} is now {'-'.join(new['python'])}")
-    for name in COMPANIONS:
-        if old.get(name) != new.get(name):
-            lines.append(f"{what}: {name} {old.get(name) or 'none'} is now {new.get(name) or 'none'}")
+        lines.append(f"Python {'-'.join(old['python'])} is now {'-'.join(new['python'])}")
+    lines += [f"{name} {old.get(name) or 'none'} is now {new.get(name) or 'none'}" for name in COMPANIONS
+              if old.get(name) != new.get(name)]
     return lines
