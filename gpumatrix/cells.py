@@ -23,6 +23,7 @@ DEFAULT_SETTINGS = Settings(
     pip="25.3",
     installer="uv",
     uv="0.13.9",
+    resolver="uv",
     app_stage="runtime",
     network="default",
     torch_stage_pins=[],
@@ -54,6 +55,7 @@ class Cell:
     pip: str
     installer: str
     uv: str
+    resolver: str
     app_stage: str
     network: str
     python_source: str
@@ -302,6 +304,7 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         pip=s.pip,
         installer=s.installer,
         uv=s.uv,
+        resolver=s.resolver,
         app_stage=s.app_stage,
         network=s.network,
         python_source=compat.python_source(cuda, python),

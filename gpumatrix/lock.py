@@ -1,11 +1,13 @@
-"""The lock step: pip-compile each cell's app layers against the torch stage that the build will install.
+"""The lock step: resolve each cell's app layers against the torch stage that the build will install.
 
 No torch is installed and no torch-stage image is built. In a container of the cell's `base` stage (its OS, its
 Python, its venv and its pip, without torch), pip resolves what the torch stage's `pip install` would install from the
 torch index's metadata (`pip install --dry-run --report`: PEP 658 metadata, no multi-GB wheel downloaded). That set,
-plus what the base venv already holds, is exactly the torch stage's freeze. pip-compile then resolves the app layers
-with that set as constraints and as unsafe packages (--no-allow-unsafe), so none of it is in the lock; the lock's
-header records it, and the build refuses a torch stage that differs from it.
+plus what the base venv already holds, is exactly the torch stage's freeze. The cell's resolver (`uv pip compile`
+by default, or pip-compile) then resolves the app layers with that set as constraints and as packages never written
+(--no-emit-package, pip-compile's --unsafe-package), so none of it is in the lock; the lock's header records it, and
+the build refuses a torch stage that differs from it. The cell's current lock, when intact, is the resolver's
+starting point: both keep its pins where the inputs still allow them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from .lockfile import (
     format_lock,
     input_texts,
     inputs_digest,
+    read_lock,
     requirement_lines,
+    split_lock,
     validate_inputs,
     where_required,
 )
@@ -45,10 +49,16 @@ from .secrets import redact
 TOOLS = "/tmp/gpumatrix-tools"
 WORK = "/tmp/gpumatrix-lock"
 STAGE_REPORT = f"{WORK}/torch-stage.json"  # pip's installation report of the torch stage's dry run
-STAGE_CONSTRAINTS = f"{WORK}/torch-stage.txt"  # the torch stage's freeze as resolved, pip-compile's constraints
+STAGE_CONSTRAINTS = f"{WORK}/torch-stage.txt"  # the torch stage's freeze as resolved, the resolver's constraints
+LOCK_OUT = f"{WORK}/lock.txt"  # the resolver's output file; the current lock's body is put there first, as its start
 
 NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
                        r"([A-Za-z0-9][A-Za-z0-9._-]*)")
+# uv's first cause when a requirement is on no index: the package, or the version asked for
+UV_NOT_FOUND = re.compile(r"^\s*cause: Because (?:([A-Za-z0-9][A-Za-z0-9._-]*) was not found in the package registry"
+                          r"|there (?:is|are) no versions? of ([A-Za-z0-9][A-Za-z0-9._-]*))", re.MULTILINE)
+UV_NO_SOLUTION = re.compile(r"^error: No solution found when resolving dependencies.*$", re.MULTILINE)
+UV_UNREACHED = re.compile(r"^\s*cause: Failed to fetch: (\S+)$", re.MULTILINE)
 
 
 # pip skips an index page it cannot fetch after its retries and resolves on without it, exit status 0.
@@ -64,19 +74,29 @@ class LockJob:
 
 
 def compile_lock(client, project: Project, job: LockJob) -> str:
-    """Resolve the torch stage from the index's metadata, then pip-compile the app layers against it; return the
+    """Resolve the torch stage from the index's metadata, then resolve the app layers against it; return the
     finished lock text."""
     container = _start(client, tools_image(client, job), job.network)
     try:
         container.put_archive("/", _inputs_tar(project, job.cell))
         torch_stage = resolve_torch_stage(container, job)
         refuse_conflicts(project, job, torch_stage)
-        container.put_archive("/", _file_tar(STAGE_CONSTRAINTS, "\n".join(torch_stage) + "\n"))
+        container.put_archive("/", _tar({STAGE_CONSTRAINTS: "\n".join(torch_stage) + "\n",
+                                         LOCK_OUT: starting_point(project, job.cell)}))
         _compile(container, project, job, torch_stage)
-        body = _read_file(container, f"{WORK}/lock.txt")
+        body = _read_file(container, LOCK_OUT)
     finally:
         _remove(container)
-    return format_lock(job.cell, inputs_digest(project, job.cell), body, torch_stage)
+    return format_lock(job.cell, inputs_digest(project, job.cell), body, torch_stage, job.cell.resolver)
+
+
+def starting_point(project: Project, cell: Cell) -> str:
+    """The body of the cell's current lock when it is intact (stale is fine: its pins are preferences, not
+    requirements), else nothing: a relock then moves no pin that the inputs still allow."""
+    text = read_lock(project, cell)
+    if text is None or content_problems("", cell, text)[0]:
+        return ""
+    return split_lock(text)[1]
 
 
 def resolve_torch_stage(container, job: LockJob) -> list[str]:
@@ -147,7 +167,7 @@ def _dry_run_script(job: LockJob) -> str:
 
 def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> None:
     """An .in line that asks for another version of a package the torch stage installs can never be met: the torch
-    stage's version comes with torch from the torch index. Said as the user's input, exit 2, before pip-compile."""
+    stage's version comes with torch from the torch index. Said as the user's input, exit 2, before the resolver runs."""
     versions = {canonicalize_name(m.group(1)): m.group(3) for m in map(REQ_LINE.match, torch_stage) if m}
     found = []
     for where, line, req in requirement_lines(project, job.cell):
@@ -164,23 +184,35 @@ def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> 
 
 
 def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) -> None:
-    """pip-compile; a requirement that exists on no index is bad input (exit 2), naming the .in line.
+    """The cell's resolver; a requirement that exists on no index is bad input (exit 2), naming the .in line.
 
     A lock resolved while an index did not answer is refused: it may lack what only that index has.
     """
+    uv = job.cell.resolver == "uv"
+    script = _uv_compile_script(project, job, torch_stage) if uv else _compile_script(project, job, torch_stage)
     try:
-        output = _exec(container, _compile_script(project, job, torch_stage), "pip-compile")
+        output = _exec(container, script, "uv pip compile" if uv else "pip-compile")
     except WorkFailed as exc:
-        conflict = explain_conflict(str(exc), job)
-        if conflict is not None:
-            raise UsageError(conflict) from None
-        missing = NOT_FOUND.search(str(exc))
-        if missing is None:
-            raise
-        name = missing.group(1)
-        raise UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
-                         f"or {redact(job.index_url)} (cell {job.cell.name})") from None
+        raise _compile_failure(project, job, str(exc), uv) from None
     _refuse_partial_answers(job, output)
+
+
+def _compile_failure(project: Project, job: LockJob, output: str, uv: bool) -> Exception:
+    """What a failed resolver run means: an index that did not answer (exit 1), a conflict or a requirement on no
+    index (the user's input, exit 2), or the resolver's own last lines."""
+    unreached = UV_UNREACHED.search(output) if uv else None
+    if unreached:
+        return WorkFailed(f"an index stopped answering during uv pip compile ({redact(unreached.group(1))}); "
+                          "no lock written: a lock resolved without that index's answer cannot be trusted")
+    missing = (UV_NOT_FOUND if uv else NOT_FOUND).search(output)
+    if missing:
+        name = next(group for group in missing.groups() if group)
+        return UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
+                          f"or {redact(job.index_url)} (cell {job.cell.name})")
+    conflict = explain_uv_conflict(output, job) if uv else explain_conflict(output, job)
+    if conflict is not None:
+        return UsageError(conflict)
+    return WorkFailed(output)
 
 
 CONFLICT_CAUSES = re.compile(r"^The conflict is caused by:\n((?:[ \t]+\S.*\n?)+)", re.MULTILINE)
@@ -200,6 +232,21 @@ def explain_conflict(output: str, job: LockJob) -> str | None:
               "lines that ask for others, or pin a version with torch: `torch_stage_pins` in matrix.yaml)")
 
 
+def explain_uv_conflict(output: str, job: LockJob) -> str | None:
+    """uv's "No solution found" and its causes, without the rest; None when uv found no conflict. uv does not mark
+    constraints, so the note says which versions are the torch stage's."""
+    found = UV_NO_SOLUTION.search(output)
+    if found is None:
+        return None
+    causes = [re.sub(r"^cause:\s*", "", line.strip()) for line in output[found.end():].splitlines() if line.strip()]
+    return (f"{job.cell.name}: the app layers cannot be resolved together with the torch stage:\n"
+            + "\n".join(f"  {line}" for line in causes[:8])
+            + f"\n  (the torch stage's versions, the lock's `# torch-stage:` set, are constraints: torch "
+              f"{job.cell.torch_pin} comes with them from the torch index {redact(job.index_url)}, and they are "
+              "fixed; loosen the .in lines that ask for others, or pin a version with torch: `torch_stage_pins` in "
+              "matrix.yaml)")
+
+
 def _refuse_partial_answers(job: LockJob, output: str) -> None:
     unreached = sorted(set(RETRIES_USED_UP.findall(output)))
     if unreached:
@@ -212,14 +259,15 @@ def _refuse_partial_answers(job: LockJob, output: str) -> None:
 
 
 def tools_image(client, job: LockJob) -> str:
-    """The base stage plus pip-tools in a venv of its own (never in the image's env), kept for the next lock."""
-    key = hashlib.sha256(f"{job.base_image} {job.cell.pip} {PIP_TOOLS_VERSION}".encode()).hexdigest()[:16]
+    """The base stage plus both resolvers (pip-tools and uv) in a venv of their own (never in the image's env), kept
+    for the next lock."""
+    key = hashlib.sha256(f"{job.base_image} {job.cell.pip} {PIP_TOOLS_VERSION} {job.cell.uv}".encode()).hexdigest()[:16]
     tag = f"gpumatrix-locktools:{key}"
     if engine.present(client, tag):
         return tag
     container = _start(client, job.base_image, job.network)
     try:
-        _exec(container, _install_tools_script(job.cell), "install pip-tools")
+        _exec(container, _install_tools_script(job.cell), "install the resolvers (pip-tools and uv)")
         container.commit(repository="gpumatrix-locktools", tag=key)
     finally:
         _remove(container)
@@ -259,10 +307,6 @@ def _inputs_tar(project: Project, cell: Cell) -> bytes:
     return _tar({f"{WORK}/{path.relative_to(project.root)}": text for path, text in input_texts(project, cell).items()})
 
 
-def _file_tar(path: str, text: str) -> bytes:
-    return _tar({path: text})
-
-
 def _tar(files: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -285,19 +329,41 @@ def _exec(container, script: str, what: str) -> str:
 
 def _install_tools_script(cell: Cell) -> str:
     return (f"python -m venv {TOOLS} && {TOOLS}/bin/python -m pip install -q --no-cache-dir "
-            f"pip=={cell.pip} pip-tools=={PIP_TOOLS_VERSION}")
+            f"pip=={cell.pip} pip-tools=={PIP_TOOLS_VERSION} uv=={cell.uv}")
+
+
+def _layer_paths(project: Project, cell: Cell) -> list[str]:
+    return [str(project.requirements.relative_to(project.root) / f"{layer}.in") for layer in cell.layers]
+
+
+def _stage_names(torch_stage: list[str]) -> list[str]:
+    return sorted({REQ_LINE.match(line).group(1) for line in torch_stage})
+
+
+def _uv_compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> str:
+    """pip-compile's flags in uv's words, for the base venv's interpreter. The torch index is an extra index with
+    pip's semantics (the best version across both indexes, `unsafe-best-match`), not uv's default of taking a package
+    only from the first index that has it; uv writes no header, no index URL and no extras or markers by default."""
+    args = [
+        f"{TOOLS}/bin/uv", "pip", "compile", "--quiet", "--no-header", "--generate-hashes", "--system-certs",
+        "--python", layout.VENV_PYTHON, "--extra-index-url", job.index_url, "--index-strategy", "unsafe-best-match",
+        "--constraint", STAGE_CONSTRAINTS, *(["--prerelease", "allow"] if job.cell.pre else []),
+        *[f"--no-emit-package={n}" for n in _stage_names(torch_stage)],
+        "--output-file", LOCK_OUT, *_layer_paths(project, job.cell),
+    ]
+    return f"cd {WORK} && " + shlex.join(args)
 
 
 def _compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> str:
-    names = sorted({REQ_LINE.match(line).group(1) for line in torch_stage})
-    layers = [str(project.requirements.relative_to(project.root) / f"{layer}.in") for layer in job.cell.layers]
+    names = _stage_names(torch_stage)
+    layers = _layer_paths(project, job.cell)
     args = [
         f"{TOOLS}/bin/pip-compile", "--quiet", "--no-header", "--generate-hashes", "--no-allow-unsafe",
         "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
         "--extra-index-url", job.index_url, "--constraint", STAGE_CONSTRAINTS,
         *(["--pre"] if job.cell.pre else []),
         *[f"--unsafe-package={n}" for n in names],
-        "--output-file", "lock.txt", *layers,
+        "--output-file", LOCK_OUT, *layers,
     ]
     return f"cd {WORK} && " + shlex.join(args)
 
@@ -311,7 +377,7 @@ def _read_file(container, path: str) -> str:
 
 def write_lock(project: Project, cell: Cell, text: str) -> Path:
     found, _ = content_problems(project.relative(project.lock(cell.name)), cell, text)
-    if found:  # pip-compile wrote what no build may use (a torch-stage package, a pin without hashes): write nothing
+    if found:  # the resolver wrote what no build may use (a torch-stage package, a pin without hashes): write nothing
         raise WorkFailed("\n".join(found))
     if _cancelled.is_set():
         raise WorkFailed("cancelled: an interrupted run writes no lock")
@@ -330,9 +396,9 @@ class LockResult:
 
 def lock_cells(project: Project, image: str, cells: list[Cell], overrides: BuildOverrides, jobs: int,
                listener: engine.Listener, log) -> list[LockResult]:
-    """Build each cell's base stage (engine cache; no torch), resolve its torch stage from the index and
-    pip-compile against it; `jobs` cells at a time. A cell that fails does not stop the others; a conflict with the
-    torch stage (the user's input) is a UsageError once every cell is done."""
+    """Build each cell's base stage (engine cache; no torch), resolve its torch stage from the index and the app
+    layers against it; `jobs` cells at a time. A cell that fails does not stop the others; a conflict with the torch
+    stage (the user's input) is a UsageError once every cell is done."""
     cells = [c for c in cells if c.layers]
     for cell in cells:
         validate_inputs(project, cell)
@@ -342,7 +408,7 @@ def lock_cells(project: Project, image: str, cells: list[Cell], overrides: Build
     def one(req: BuildRequest, outcome: engine.BuildOutcome) -> LockResult:
         if outcome.status == "failed":
             return LockResult(req.cell.name, error=f"base stage failed: {outcome.error}")
-        log(f"{req.cell.name}: resolving the torch stage from {redact(req.index_url)}, then pip-compile "
+        log(f"{req.cell.name}: resolving the torch stage from {redact(req.index_url)}, then {req.cell.resolver} "
             f"(base stage {outcome.image_id[7:19]})")
         job = LockJob(req.cell, outcome.image_id, req.network, req.index_url)
         try:

@@ -26,8 +26,9 @@ PIP_TOOLS_VERSION = "7.6.2"
 TORCH_STAGE_PATTERNS = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton.*|nvidia-.*|cuda-.*)$")
 REQ_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
 INCLUDE_LINE = re.compile(r"^\s*(-r|--requirement|-c|--constraint)\s+(\S+)")
-HEADER_FIELD = re.compile(r"^# (inputs-sha256|torch-constraints-sha256|body-sha256|pip-tools|nightly): (\S+)$",
+HEADER_FIELD = re.compile(r"^# (inputs-sha256|torch-constraints-sha256|body-sha256|pip-tools|uv|nightly): (\S+)$",
                           re.MULTILINE)
+RESOLVERS = ("uv", "pip-tools")  # the header field that names the resolver, and its version, is one of these
 HEADER_START = "# gpumatrix lock for "
 HASH_LINE = re.compile(r"\s+--hash=sha256:[0-9a-f]{64}(\s+\\)?")
 
@@ -228,9 +229,15 @@ TORCH_STAGE_PREFIX = "# torch-stage: "
 UNSAFE_SECTION = "# The following packages are considered to be unsafe"
 
 
-def format_lock(cell: Cell, inputs_sha256: str, body: str, torch_stage: list[str]) -> str:
+def resolver_version(cell: Cell, resolver: str) -> str:
+    """The version of `resolver` that locks this cell: uv is the cell's own `uv` (the one that installs the lock)."""
+    return cell.uv if resolver == "uv" else PIP_TOOLS_VERSION
+
+
+def format_lock(cell: Cell, inputs_sha256: str, body: str, torch_stage: list[str], resolver: str) -> str:
     """The header block, an empty line, the body. `# body-sha256:` covers the body: every byte after that empty line
-    (split_lock and body_digest read it back). pip-compile's unsafe-packages section is cut from the body."""
+    (split_lock and body_digest read it back). pip-compile's unsafe-packages section is cut from the body (uv writes
+    none: it is told not to emit those packages at all)."""
     body = body.split(UNSAFE_SECTION)[0].rstrip() + "\n"
     constraints = "\n".join(torch_stage) + "\n"
     lines = [
@@ -239,7 +246,7 @@ def format_lock(cell: Cell, inputs_sha256: str, body: str, torch_stage: list[str
         f"# inputs-sha256: {inputs_sha256}",
         f"# torch-constraints-sha256: {hashlib.sha256(constraints.encode()).hexdigest()}",
         f"# body-sha256: {body_digest(body)}",
-        f"# pip-tools: {PIP_TOOLS_VERSION}",
+        f"# {resolver}: {resolver_version(cell, resolver)}",
         *_nightly_lines(cell),
         "# The torch stage installs these; they are never installed from this lock:",
         *[f"{TORCH_STAGE_PREFIX}{line}" for line in torch_stage],
@@ -385,8 +392,11 @@ def _stale(project: Project, cell: Cell, lock_text: str) -> list[str]:
     out = []
     if found.get("inputs-sha256") != inputs_digest(project, cell):
         out.append("is stale (requirements/*.in or the torch pins changed since it was compiled)")
-    if found.get("pip-tools") != PIP_TOOLS_VERSION:
-        out.append(f"was compiled with pip-tools {found.get('pip-tools')}, not {PIP_TOOLS_VERSION}")
+    resolver = next((name for name in RESOLVERS if name in found), None)
+    if resolver is None:
+        out.append("names no resolver (no `# uv:` or `# pip-tools:` header line)")
+    elif found[resolver] != resolver_version(cell, resolver):
+        out.append(f"was compiled with {resolver} {found[resolver]}, not {resolver_version(cell, resolver)}")
     return out
 
 

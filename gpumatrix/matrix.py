@@ -36,6 +36,7 @@ REGISTRY_PATTERN = r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"  
 Registry = Annotated[str, StringConstraints(pattern=REGISTRY_PATTERN)]
 Companion = Literal["torchvision", "torchaudio"]
 Installer = Literal["uv", "pip"]
+Resolver = Literal["uv", "pip-tools"]
 AppStage = Literal["runtime", "devel"]
 Builder = Literal["buildkit", "classic"]
 
@@ -84,7 +85,8 @@ class Settings(_Strict):
     os_packages: list[DebianPackage] | None = None
     pip: Version | None = None
     installer: Installer | None = None  # what installs the app layer
-    uv: Version | None = None
+    uv: Version | None = None  # the uv that installs the app layer, and the uv resolver of `make lock`
+    resolver: Resolver | None = None  # what `make lock` resolves the app layers with: uv pip compile, or pip-compile
     app_stage: AppStage | None = None  # where the app layer is installed: on the runtime base, or the devel base
     network: Network | None = None
     builder: Builder | None = None  # what builds the images; unset: BuildKit where docker buildx answers

@@ -114,6 +114,12 @@ def test_exclude_bad_cuda_reports_one_line_with_cuda_hint(tmp_path, matrix_text)
 
 
 
+def test_unknown_resolver_is_one_line_naming_the_key(tmp_path, matrix_text):
+    lines = error_lines(tmp_path, matrix_text() + "settings:\n  resolver: poetry\n")
+    assert len(lines) == 1, lines
+    assert "settings.resolver" in lines[0] and "'uv'" in lines[0] and "'pip-tools'" in lines[0]
+
+
 def test_unknown_installer_is_one_line_naming_the_key(tmp_path, matrix_text):
     lines = error_lines(tmp_path, matrix_text() + "settings:\n  installer: conda\n")
     assert len(lines) == 1, lines

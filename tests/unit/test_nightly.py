@@ -55,7 +55,8 @@ def test_nightly_dockerfile_installs_with_pre_and_exact_pins(nightly_project):
 
 def test_nightly_lock_header_records_the_build_date(nightly_project):
     cell = only_cell(nightly_project)
-    text = format_lock(cell, inputs_digest(nightly_project, cell), "einops==0.8.1\n", [f"torch=={NIGHTLY}+cu130"])
+    text = format_lock(cell, inputs_digest(nightly_project, cell), "einops==0.8.1\n", [f"torch=={NIGHTLY}+cu130"],
+                       "uv")
     assert f"# nightly: {NIGHTLY}+cu130 (the nightly of 2026-11-20;" in text
     assert "refresh with `make lock`" in text
 

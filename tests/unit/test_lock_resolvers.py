@@ -1,0 +1,164 @@
+"""The two resolvers of `make lock`: uv (the default) and pip-tools. The lock header names the one that wrote it and
+its version; uv is run with pip-compile's guarantees; uv's failures read as pip-compile's do. The uv outputs below
+were printed by uv 0.13.9 (`uv pip compile --quiet ...`, stderr) on this machine, copied here by hand."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gpumatrix.errors import UsageError, WorkFailed
+from gpumatrix.lock import LOCK_OUT, STAGE_CONSTRAINTS, LockJob, _compile_failure, _uv_compile_script, starting_point
+from gpumatrix.lockfile import format_lock, inputs_digest, problems, remake_reason
+from gpumatrix.pipeline import load
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = "cpu-py3.11-torch2.13.0"
+STAGE = ["filelock==3.20.0", "fsspec==2026.9.0", "torch==2.13.0+cpu", "typing_extensions==4.15.0"]
+BODY = "tqdm==4.70.1 \\\n    --hash=sha256:" + "a" * 64 + "\n    # via -r requirements/cpu.in\n"
+INDEX = "http://127.0.0.1:8000/whl/cpu/simple"
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    for name in ("templates", "requirements", "locks"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    shutil.copy(REPO / "matrix.yaml", tmp_path / "matrix.yaml")
+    project, expansion = load(tmp_path / "matrix.yaml")
+    return project, next(c for c in expansion.cells if c.name == CELL)
+
+
+def job(cell) -> LockJob:
+    return LockJob(cell, "sha256:base", None, INDEX)
+
+
+# ---- the header names the resolver ----
+
+def test_uv_is_the_default_resolver_at_the_cells_uv_version(project):
+    _, cell = project
+    assert (cell.resolver, cell.uv) == ("uv", "0.13.9")
+
+
+def test_the_header_records_the_resolver_that_wrote_the_lock_and_its_version(project):
+    proj, cell = project
+    uv = format_lock(cell, inputs_digest(proj, cell), BODY, STAGE, "uv")
+    tools = format_lock(cell, inputs_digest(proj, cell), BODY, STAGE, "pip-tools")
+    assert "\n# uv: 0.13.9\n" in uv and "# pip-tools:" not in uv
+    assert "\n# pip-tools: 7.6.2\n" in tools and "# uv:" not in tools
+    assert problems(proj, cell, uv) == [] and problems(proj, cell, tools) == []
+
+
+def test_a_lock_of_the_other_resolver_is_current_but_one_of_another_version_is_stale(project):
+    proj, cell = project
+    tools = format_lock(cell, inputs_digest(proj, cell), BODY, STAGE, "pip-tools")
+    assert remake_reason(proj, cell, tools) is None  # a pip-tools lock stays good when uv is the default
+    older = format_lock(replace(cell, uv="0.13.8"), inputs_digest(proj, cell), BODY, STAGE, "uv")
+    assert remake_reason(proj, cell, older) == "the lock was compiled with uv 0.13.8, not 0.13.9"
+    nameless = older.replace("# uv: 0.13.8\n", "")
+    assert "names no resolver (no `# uv:` or `# pip-tools:` header line)" in " ".join(problems(proj, cell, nameless))
+
+
+# ---- uv with pip-compile's guarantees ----
+
+def test_uv_gets_the_torch_stage_as_constraints_never_written_and_the_torch_index_as_an_extra_index(project):
+    proj, cell = project
+    script = _uv_compile_script(proj, job(cell), STAGE)
+    cd, args = script.split(" && ", 1)
+    argv = shlex.split(args)
+    assert cd == "cd /tmp/gpumatrix-lock"
+    assert argv[:3] == ["/tmp/gpumatrix-tools/bin/uv", "pip", "compile"]
+    assert {"--generate-hashes", "--no-header", "--system-certs"} <= set(argv)
+    assert argv[argv.index("--python") + 1] == "/opt/venv/bin/python"
+    assert argv[argv.index("--extra-index-url") + 1] == INDEX
+    assert "--index-url" not in argv  # PyPI stays the index; the torch index is only added to it
+    assert argv[argv.index("--index-strategy") + 1] == "unsafe-best-match"
+    assert argv[argv.index("--constraint") + 1] == STAGE_CONSTRAINTS
+    assert sorted(a.split("=", 1)[1] for a in argv if a.startswith("--no-emit-package=")) == [
+        "filelock", "fsspec", "torch", "typing_extensions"]
+    assert argv[argv.index("--output-file") + 1] == LOCK_OUT
+    assert argv[-1] == "requirements/cpu.in" and "--prerelease" not in argv
+    nightly = shlex.split(_uv_compile_script(proj, job(replace(cell, pre=True)), STAGE).split(" && ", 1)[1])
+    assert nightly[nightly.index("--prerelease") + 1] == "allow"
+
+
+def test_the_current_lock_is_the_resolvers_starting_point_when_it_is_intact(project):
+    proj, cell = project
+    lock = proj.lock(cell.name)
+    committed = lock.read_text()
+    assert starting_point(proj, cell) == committed.split("\n\n", 1)[1]
+    lock.write_text(committed.replace("--hash=sha256:", "--hash=sha256:0", 1))  # damaged: no starting point
+    assert starting_point(proj, cell) == ""
+    lock.unlink()
+    assert starting_point(proj, cell) == ""
+
+
+# ---- uv's failures ----
+
+NOT_ON_ANY_INDEX = """uv pip compile failed (exit 1):
+error: No solution found when resolving dependencies
+  cause: Because nosuchpkg-gpumatrix-zz was not found in the package registry and you require nosuchpkg-gpumatrix-zz, \
+we can conclude that your requirements are unsatisfiable."""
+NO_SUCH_VERSION = """uv pip compile failed (exit 1):
+error: No solution found when resolving dependencies
+  cause: Because there is no version of requests==99.0 and you require requests==99.0, we can conclude that your \
+requirements are unsatisfiable."""
+CONFLICT = """uv pip compile failed (exit 1):
+error: No solution found when resolving dependencies
+  cause: Because datasets==4.0.0 depends on fsspec[http]>=2023.1.0,<=2025.3.0 and fsspec==2024.1.0, we can conclude \
+that datasets==4.0.0 cannot be used.
+         And because you require datasets==4.0.0, we can conclude that your requirements are unsatisfiable."""
+UNREACHED = """uv pip compile failed (exit 2):
+error: Request failed after 3 retries in 10.6s
+  cause: Failed to fetch: http://127.0.0.1:9/simple/six/
+  cause: error sending request for url (http://127.0.0.1:9/simple/six/)
+  cause: client error (Connect)
+  cause: tcp connect error
+  cause: Connection refused (os error 111)"""
+
+
+def test_a_package_on_no_index_is_bad_input_naming_the_in_line(project):
+    proj, cell = project
+    layer = proj.requirements / "cpu.in"
+    number = len(layer.read_text().splitlines()) + 1
+    layer.write_text(layer.read_text() + "nosuchpkg-gpumatrix-zz\n")
+    found = _compile_failure(proj, job(cell), NOT_ON_ANY_INDEX, uv=True)
+    assert isinstance(found, UsageError)
+    assert str(found) == (f"requirements/cpu.in:{number}: nosuchpkg-gpumatrix-zz: no such package or version on PyPI "
+                          f"or {INDEX} (cell {CELL})")
+
+
+def test_a_version_on_no_index_is_bad_input_too(project):
+    proj, cell = project
+    found = _compile_failure(proj, job(cell), NO_SUCH_VERSION, uv=True)
+    assert isinstance(found, UsageError) and str(found).startswith("a dependency of the cell's layers: requests: ")
+
+
+def test_a_conflict_is_uvs_causes_without_the_rest_and_says_the_torch_stage_is_fixed(project):
+    proj, cell = project
+    found = _compile_failure(proj, job(cell), CONFLICT, uv=True)
+    assert isinstance(found, UsageError)
+    lines = str(found).splitlines()
+    assert lines[0] == f"{CELL}: the app layers cannot be resolved together with the torch stage:"
+    assert lines[1].startswith("  Because datasets==4.0.0 depends on fsspec[http]>=2023.1.0,<=2025.3.0")
+    assert lines[2] == "  And because you require datasets==4.0.0, we can conclude that your requirements are unsatisfiable."
+    assert "torch 2.13.0+cpu comes with them from the torch index" in lines[3] and "torch_stage_pins" in lines[3]
+    assert "uv pip compile failed" not in str(found)
+
+
+def test_an_index_that_stopped_answering_is_a_failure_naming_it_not_bad_input(project):
+    proj, cell = project
+    found = _compile_failure(proj, job(cell), UNREACHED, uv=True)
+    assert isinstance(found, WorkFailed)
+    assert str(found) == ("an index stopped answering during uv pip compile (http://127.0.0.1:9/simple/six/); no lock "
+                          "written: a lock resolved without that index's answer cannot be trusted")
+
+
+def test_any_other_failure_keeps_the_resolvers_own_lines(project):
+    proj, cell = project
+    other = "uv pip compile failed (exit 2):\nerror: Failed to parse `requirements/cpu.in`"
+    found = _compile_failure(proj, job(cell), other, uv=True)
+    assert isinstance(found, WorkFailed) and str(found) == other
