@@ -403,16 +403,14 @@ def bench_naive(client, mode: Mode, project: Path, base: str, index: str, size: 
 
 BARE_RESOLVERS = {
     "pip-compile": "/tmp/gpumatrix-tools/bin/pip-compile --quiet --generate-hashes -o lock.txt layer.in",
-    "uv": "/tmp/uv/bin/uv pip compile --system-certs --quiet --generate-hashes -o lock.txt layer.in",
+    "uv": "/tmp/gpumatrix-tools/bin/uv pip compile --system-certs --quiet --generate-hashes -o lock.txt layer.in",
 }
 
 
 def bare_compile(client, tools_image: str, inputs: str, resolver: str = "pip-compile") -> float:
-    """One resolver on the .in alone, no constraints, in a fresh container of the lock's tools image (cold caches);
-    uv is installed before the clock starts."""
-    setup = ("mkdir -p /tmp/b && cd /tmp/b && cat > layer.in <<'EOF'\n" + inputs + "EOF\n"
-             + (f"python -m venv /tmp/uv && /tmp/uv/bin/pip install -q uv=={DEFAULT_SETTINGS.uv}"
-                if resolver == "uv" else "true"))
+    """One resolver on the .in alone, no constraints, in a fresh container of the lock's tools image (which holds
+    both resolvers; cold caches)."""
+    setup = "mkdir -p /tmp/b && cd /tmp/b && cat > layer.in <<'EOF'\n" + inputs + "EOF\n"
     container = client.containers.run(tools_image, ["sleep", "infinity"], detach=True, network_mode="host",
                                       entrypoint=[])
     try:
@@ -448,7 +446,7 @@ def bench_lock(client, mode: Mode, project: Path, overrides: list[str]) -> None:
         uv.append(bare_compile(client, tools, inputs, "uv"))
     o, b, u = statistics.median(ours), statistics.median(bare), statistics.median(uv)
     how = f"medians of {mode.lock_repeats}" if mode.lock_repeats > 1 else "one run each"
-    row("`build.py lock` of one cell / bare pip-compile in the same container", o / b,
+    row("`build.py lock` of one cell (uv) / bare pip-compile in the same container", o / b,
         f"{o:.1f} s / {b:.1f} s, {how}", "<= 1.5")
     row("bare `uv pip compile` / bare pip-compile, same .in, same container", u / b,
         f"{u:.1f} s / {b:.1f} s, {how}", "informative")
@@ -483,9 +481,16 @@ def engine_disk_used(client) -> int:
     return shutil.disk_usage(client.info()["DockerRootDir"]).used
 
 
+def set_resolver(project: Path, resolver: str) -> None:
+    matrix = project / "matrix.yaml"
+    text = matrix.read_text()
+    matrix.write_text(text.replace("\nsettings:\n", f"\nsettings:\n  resolver: {resolver}\n", 1))
+
+
 def bench_matrix_locks(client, standin: str) -> None:
     """Every Python 3.11 cell of the shipped matrix locked from index metadata (the stand-in base has Python 3.11
-    only), then the CUDA 13.0 cell again, warm, after an app.in change. Then the same cell's torch stage is built on
+    only), then the CUDA 13.0 cell again, warm, after an app.in change: with uv (the default), then with pip-tools from
+    the same starting point (the lock as it was before that change). Then the same cell's torch stage is built on
     that base: the lock before issue 14 built it and ran pip-compile in it, so that lock is this one plus that build."""
     cells = shipped_cells("3.11")
     project = project_copy()
@@ -503,9 +508,20 @@ def bench_matrix_locks(client, standin: str) -> None:
                 f"{whole:.0f} s, disk +{grown / 1e6:.0f} MB", "< 1, and < 1 GB of disk")
             layer = project / "requirements" / f"{CUDA.layer}.in"
             layer.write_text(layer.read_text() + "packaging>=24\n")
+            lock = project / "locks" / f"{CUDA.cell}.txt"
+            before = lock.read_bytes()
             warm = timed(cli(project, "lock", *cell_args(CUDA), *overrides))
-            row(f"one CUDA cell ({CUDA.cell}) locked warm, after an app.in change / 30 s", warm / 30,
+            row(f"one CUDA cell ({CUDA.cell}) locked warm with uv, after an app.in change / 30 s", warm / 30,
                 f"{warm:.1f} s", "< 1")
+            uv_pins = pinned(lock.read_text())
+            lock.write_bytes(before)
+            set_resolver(project, "pip-tools")
+            tools = timed(cli(project, "lock", *cell_args(CUDA), *overrides))
+            row("that warm lock with uv / the same lock with pip-tools (same inputs, same starting point)",
+                warm / tools, f"{warm:.1f} s / {tools:.1f} s", "< 1 (uv is the default)")
+            same = pinned(lock.read_text()) == uv_pins
+            note(f"uv and pip-tools pinned {'the same' if same else 'different'} versions in that lock "
+                 f"({len(uv_pins)} pins)")
         stage = build_torch_stage(client, base)
         row("that warm lock / the torch-stage lock of the same cell (the lock plus building its torch stage)",
             warm / (warm + stage), f"{warm:.1f} s / ({warm:.1f} s + {stage:.1f} s)", "informative")
@@ -610,6 +626,9 @@ def print_table(mode: Mode) -> None:
 
 def run(client, mode: Mode, args: argparse.Namespace) -> None:
     standin = ensure_standin_base(client, CACHE, log=log)
+    if args.only_locks:
+        bench_matrix_locks(client, standin)
+        return
     index = LoopbackIndex(CACHE / mode.index_dir)
     index.fill(mode.wheels, local_version=mode.local_version, log=log)
     drop_other_versions(index, mode.sole_versions)
@@ -657,6 +676,8 @@ def main() -> int:
     parser.add_argument("--skip-installers", action="store_true", help="leave out the pip/uv comparison (CPU)")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive single-stage build")
     parser.add_argument("--skip-runners", action="store_true", help="leave out the two CI runners")
+    parser.add_argument("--only-locks", action="store_true",
+                        help="measure only the locks of the shipped matrix (the --skip-locks part; CPU)")
     parser.add_argument("--skip-locks", action="store_true",
                         help="leave out locking the shipped matrix's Python 3.11 cells (CPU; real pip-compile against "
                              "PyPI, and the CUDA 13.0 torch stage built once)")

@@ -167,7 +167,7 @@ def _dry_run_script(job: LockJob) -> str:
 
 def refuse_conflicts(project: Project, job: LockJob, torch_stage: list[str]) -> None:
     """An .in line that asks for another version of a package the torch stage installs can never be met: the torch
-    stage's version comes with torch from the torch index. Said as the user's input, exit 2, before the resolver runs."""
+    stage's version comes with torch from the torch index. Said as the user's input, exit 2, before resolving."""
     versions = {canonicalize_name(m.group(1)): m.group(3) for m in map(REQ_LINE.match, torch_stage) if m}
     found = []
     for where, line, req in requirement_lines(project, job.cell):
@@ -263,15 +263,25 @@ def tools_image(client, job: LockJob) -> str:
     for the next lock."""
     key = hashlib.sha256(f"{job.base_image} {job.cell.pip} {PIP_TOOLS_VERSION} {job.cell.uv}".encode()).hexdigest()[:16]
     tag = f"gpumatrix-locktools:{key}"
-    if engine.present(client, tag):
-        return tag
-    container = _start(client, job.base_image, job.network)
-    try:
-        _exec(container, _install_tools_script(job.cell), "install the resolvers (pip-tools and uv)")
-        container.commit(repository="gpumatrix-locktools", tag=key)
-    finally:
-        _remove(container)
+    with _tools_lock(tag):  # cells on one base stage (`-j`) wait for the first to make it instead of each making it
+        if engine.present(client, tag):
+            return tag
+        container = _start(client, job.base_image, job.network)
+        try:
+            _exec(container, _install_tools_script(job.cell), "install the resolvers (pip-tools and uv)")
+            container.commit(repository="gpumatrix-locktools", tag=key)
+        finally:
+            _remove(container)
     return tag
+
+
+_tools_locks: dict[str, threading.Lock] = {}
+_tools_locks_guard = threading.Lock()
+
+
+def _tools_lock(tag: str) -> threading.Lock:
+    with _tools_locks_guard:
+        return _tools_locks.setdefault(tag, threading.Lock())
 
 
 _cancelled = threading.Event()  # set on Ctrl-C or SIGTERM: no new lock container may start

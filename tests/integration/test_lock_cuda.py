@@ -1,11 +1,12 @@
-"""The CUDA cells of the shipped matrix locked with the real pip-compile, from index metadata alone. The loopback
-index serves the real metadata of each torch release's wheels (PyPI's files, relabelled with the variant as the
-PyTorch index publishes them) and no wheel at all; every other project is redirected to PyPI.
+"""The CUDA cells of the shipped matrix locked with the real resolvers (uv, the default, and pip-tools for one cell),
+from index metadata alone. The loopback index serves the real metadata of each torch release's wheels (PyPI's files,
+relabelled with the variant as the PyTorch index publishes them) and no wheel at all; every other project is
+redirected to PyPI.
 
 The stand-in base is Debian bookworm with Python 3.11 only, so Python 3.11 cells are the ones locked here: the newest
 torch release of each CUDA version of the shipped matrix (one cell per variant of the index), and the CPU cell. The
-older releases lock the same way; each CUDA cell is a real pip-compile of the fine-tuning layer against PyPI (one to
-two minutes), so they are left out of the project copy to keep the suite's time."""
+older releases lock the same way; each CUDA cell is a real resolve of the fine-tuning layer against PyPI (seconds with
+uv, one to two minutes with pip-tools), so they are left out of the project copy to keep the suite's time."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ CELLS = {
 }
 # Excluded in the project copy for Python 3.11 only: a release that yields no cell at all is refused by the matrix.
 OLDER_RELEASES = '  - {python: "3.11", torch: ["2.5.1", "2.7.1", "2.9.1"]}\n'
+# uv locks every cell but this one, which pip-tools locks in the same run (an override of the resolver per cell).
+PIP_TOOLS_CELL = "cu12.8-py3.11-torch2.11.0"
+PIP_TOOLS_OVERRIDE = '  - match: {cuda: "12.8", python: "3.11", torch: "2.11.0"}\n    resolver: pip-tools\n'
 
 
 # The PyTorch index serves its own copy of fsspec, older than PyPI's newest. With PyPI's newest (2026.9.0) in the torch
@@ -59,7 +63,8 @@ def body_names(text: str) -> set[str]:
 def test_a_python_3_11_cell_of_every_variant_locks_from_index_metadata_without_a_torch_stage(tmp_project, standin_base,
                                                                                 metadata_index, docker_client):
     matrix = tmp_project / "matrix.yaml"
-    matrix.write_text(matrix.read_text().replace("exclude:\n", "exclude:\n" + OLDER_RELEASES, 1))
+    matrix.write_text(matrix.read_text().replace("exclude:\n", "exclude:\n" + OLDER_RELEASES, 1)
+                      .replace("overrides:\n", "overrides:\n" + PIP_TOOLS_OVERRIDE, 1))
     for name in CELLS:
         (tmp_project / "locks" / f"{name}.txt").unlink(missing_ok=True)
     images_before = {image.id for image in docker_client.images.list(all=True)}
@@ -85,4 +90,6 @@ def test_a_python_3_11_cell_of_every_variant_locks_from_index_metadata_without_a
         if name.startswith("cu"):
             assert any(n.startswith("nvidia-") for n in stage), (name, stage)  # torch's CUDA libraries
             assert {"transformers", "peft", "accelerate", "bitsandbytes", "datasets"} <= body_names(text), name
+        resolver = "# pip-tools: 7.6.2\n" if name == PIP_TOOLS_CELL else "# uv: 0.13.9\n"
+        assert resolver in text.split("\n\n", 1)[0], name
     assert cli(tmp_project, "lock", "--check", "--python", "3.11").returncode == 0

@@ -34,6 +34,56 @@ def test_relock_from_the_committed_lock_pins_the_same_versions(tmp_project, stan
     assert pins(committed)["stage:torch"] == "2.13.0+cpu" and "numpy" in pins(committed)
 
 
+def use_resolver(project, resolver: str) -> None:
+    matrix = project / "matrix.yaml"
+    matrix.write_text(matrix.read_text().replace("\nsettings:\n", f"\nsettings:\n  resolver: {resolver}\n", 1))
+
+
+def hashes(text: str) -> dict[str, set[str]]:
+    """name -> the sha256 digests of its `--hash` lines, read here by hand."""
+    found: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n\n", 1)[1]):
+        name = block.split("==", 1)[0].lower()
+        found[name] = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return found
+
+
+def test_uv_and_pip_tools_with_no_lock_to_start_from_write_the_same_pins_and_hashes(tmp_project, stand_ins):
+    """Both resolvers against the same PyPI at the same moment: the default (uv) and pip-tools agree."""
+    lock, matrix = tmp_project / LOCK, tmp_project / "matrix.yaml"
+    shipped = matrix.read_text()
+    written = {}
+    for resolver in ("pip-tools", "uv"):
+        matrix.write_text(shipped)
+        use_resolver(tmp_project, resolver)
+        lock.unlink()
+        result = cli(tmp_project, "lock", "--cuda", "cpu", *stand_ins)
+        assert result.returncode == 0, result.stderr
+        written[resolver] = lock.read_text()
+    assert "\n# pip-tools: 7.6.2\n" in written["pip-tools"] and "\n# uv: 0.13.9\n" in written["uv"]
+    assert pins(written["uv"]) == pins(written["pip-tools"])
+    assert hashes(written["uv"]) == hashes(written["pip-tools"])
+    assert pins(written["uv"])["stage:torch"] == "2.13.0+cpu" and "numpy" in pins(written["uv"])
+    assert all(hashes(written["uv"]).values())
+
+
+@pytest.mark.parametrize("resolver", ["uv", "pip-tools"])
+def test_a_conflict_the_resolver_finds_is_its_causes_as_bad_input(resolver, tmp_project, stand_ins):
+    """datasets 4.0.0 caps fsspec at <=2025.3.0; the torch stage has fsspec 2026.9.0 from the torch index."""
+    if resolver == "pip-tools":
+        use_resolver(tmp_project, "pip-tools")
+    layer = tmp_project / "requirements" / "cpu.in"
+    layer.write_text(layer.read_text() + "datasets==4.0.0\n")
+    before = (tmp_project / LOCK).read_bytes()
+    result = cli(tmp_project, "lock", "--cuda", "cpu", *stand_ins)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {CELL}: the app layers cannot be resolved together with the torch stage:" in result.stderr
+    causes = result.stderr.split("the torch stage:", 1)[1]
+    assert "datasets" in causes and "fsspec" in causes and "torch_stage_pins" in causes
+    assert (tmp_project / LOCK).read_bytes() == before
+
+
 def test_a_pin_against_the_torch_stage_is_explained_as_bad_input(tmp_project, stand_ins):
     """The seed's NeMo case: an .in line pins fsspec to a version the torch stage does not install."""
     layer = tmp_project / "requirements" / "cpu.in"

@@ -73,8 +73,8 @@ SUFFIX = "-cudnn-devel-ubuntu22.04"
 
 
 def test_newest_patch_orders_versions_numerically_and_keeps_the_suffix():
-    tags = [f"12.4.3{SUFFIX}", f"12.4.9{SUFFIX}", f"12.4.10{SUFFIX}", f"12.4.11-cudnn-runtime-ubuntu22.04",
-            f"12.4.12-cudnn-devel-ubuntu20.04", f"12.5.0{SUFFIX}", f"12.40.0{SUFFIX}", "latest", f"12.4.1{SUFFIX}"]
+    tags = [f"12.4.3{SUFFIX}", f"12.4.9{SUFFIX}", f"12.4.10{SUFFIX}", "12.4.11-cudnn-runtime-ubuntu22.04",
+            "12.4.12-cudnn-devel-ubuntu20.04", f"12.5.0{SUFFIX}", f"12.40.0{SUFFIX}", "latest", f"12.4.1{SUFFIX}"]
     assert newest_patch(f"12.4.1{SUFFIX}", tags) == f"12.4.10{SUFFIX}"
 
 
@@ -85,7 +85,7 @@ def test_newest_patch_of_a_minor_only_tag():
 
 
 @pytest.mark.parametrize("gone, tags", [
-    (f"12.4.1{SUFFIX}", [f"12.5.1{SUFFIX}", f"12.4.2-base-ubuntu22.04", f"12.4.1{SUFFIX}"]),  # other minor or suffix
+    (f"12.4.1{SUFFIX}", [f"12.5.1{SUFFIX}", "12.4.2-base-ubuntu22.04", f"12.4.1{SUFFIX}"]),  # other minor or suffix
     ("latest", ["latest", "stable"]),  # no version to go by
     (f"12.4.1rc1{SUFFIX}", [f"12.4.2rc1{SUFFIX}"]),  # not a plain version prefix
 ])
@@ -280,7 +280,7 @@ def hub():
     fake = FakeHub({
         ("nvidia/cuda", f"12.4.3{SUFFIX}"): index,
         ("nvidia/cuda", f"12.4.2{SUFFIX}"): index + b" ",
-        ("nvidia/cuda", f"12.4.3-base-ubuntu22.04"): index + b"  ",
+        ("nvidia/cuda", "12.4.3-base-ubuntu22.04"): index + b"  ",
         ("nvidia/cuda", f"12.5.1{SUFFIX}"): index + b"   ",
         ("nvidia/cuda", "12.8.1-base-ubuntu24.04"): index + b"    ",
         ("library/python", "3.11-slim-bookworm"): index + b"     ",
