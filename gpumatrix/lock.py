@@ -23,7 +23,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
+from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename,
+                             parse_wheel_filename)
+from packaging.version import InvalidVersion
 
 from . import build, engine, layout
 from .cells import Cell
@@ -118,15 +120,15 @@ def _dry_run(container, job: LockJob) -> None:
     line (exit 1) instead of pip's output."""
     try:
         _exec(container, _dry_run_script(job), "resolve the torch stage from the torch index")
-    except WorkFailed as exc:
+    except ExecFailed as exc:
         index = redact(job.index_url)
-        if RETRIES_USED_UP.search(str(exc)):
+        if RETRIES_USED_UP.search(exc.output):
             raise WorkFailed(f"the torch index {index} stopped answering while the torch stage was resolved from it; "
                              "no lock written") from None
-        refused = python_refused(str(exc), job.cell)
+        refused = python_refused(exc.output, job.cell)
         if refused is not None:
             raise UsageError(refused) from None
-        missing = NOT_FOUND.search(str(exc))
+        missing = NOT_FOUND.search(exc.output)
         if missing:
             pins = " ".join(f"{name}=={pin}" for name, pin in job.cell.torch_stage_packages)
             raise WorkFailed(f"the torch index {index} serves no {missing.group(1)} that the torch stage's "
@@ -192,14 +194,14 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
     script = _uv_compile_script(project, job, torch_stage) if uv else _compile_script(project, job, torch_stage)
     try:
         output = _exec(container, script, "uv pip compile" if uv else "pip-compile")
-    except WorkFailed as exc:
-        raise _compile_failure(project, job, str(exc), uv) from None
+    except ExecFailed as exc:
+        raise (_compile_failure(project, job, exc.output, uv) or exc) from None
     _refuse_partial_answers(job, output)
 
 
-def _compile_failure(project: Project, job: LockJob, output: str, uv: bool) -> Exception:
+def _compile_failure(project: Project, job: LockJob, output: str, uv: bool) -> Exception | None:
     """What a failed resolver run means: an index that did not answer (exit 1), a conflict or a requirement on no
-    index (the user's input, exit 2), or the resolver's own last lines."""
+    index (the user's input, exit 2); None for anything else (then the resolver's own last lines are the message)."""
     unreached = UV_UNREACHED.search(output) if uv else None
     if unreached:
         return WorkFailed(f"an index stopped answering during uv pip compile ({redact(unreached.group(1))}); "
@@ -210,26 +212,45 @@ def _compile_failure(project: Project, job: LockJob, output: str, uv: bool) -> E
         return UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
                           f"or {redact(job.index_url)} (cell {job.cell.name})")
     conflict = explain_uv_conflict(output, job) if uv else explain_conflict(output, job)
-    if conflict is not None:
-        return UsageError(conflict)
-    return WorkFailed(output)
+    return None if conflict is None else UsageError(conflict)
 
 
-CONFLICT_CAUSES = re.compile(r"^The conflict is caused by:\n((?:[ \t]+\S.*\n?)+)", re.MULTILINE)
+# pip-compile prints no "The conflict is caused by" (that is pip's own command line); what it leaves is pip's one
+# ERROR line and the resolver's causes in the ResolutionImpossible it raises: each a requirement and the candidate
+# that asked for it (None: the .in files or the constraints).
+PIP_CANNOT = re.compile(r"ERROR: (Cannot install .*? because these package versions have conflicting dependencies)")
+PIP_CAUSE = re.compile(r"RequirementInformation\(requirement=\w+\('([^']+)'\), parent=(?:None|\w+\('([^'\s]+))")
 
 
 def explain_conflict(output: str, job: LockJob) -> str | None:
-    """pip's "The conflict is caused by:" lines, without the traceback around them; None when pip found no conflict.
-    A `(constraint)` there is the torch stage: its versions come with torch from the torch index."""
-    found = CONFLICT_CAUSES.search(output)
-    if found is None:
+    """pip-compile's conflict as a few lines (its ERROR line, then each requirement and who asked for it), without
+    the traceback around them; None when pip found no conflict."""
+    head = PIP_CANNOT.search(output)
+    causes = list(dict.fromkeys(PIP_CAUSE.findall(output)))
+    if head is None and not causes:
         return None
-    causes = [line.strip() for line in found.group(1).splitlines() if line.strip()][:8]
+    lines = ([head.group(1)] if head else []) + [
+        f"{_candidate(url)} depends on {requirement}" if url else f"the .in files or the torch stage ask for "
+                                                                   f"{requirement}"
+        for requirement, url in causes[:8]]
     return (f"{job.cell.name}: the app layers cannot be resolved together with the torch stage:\n"
-            + "\n".join(f"  {line}" for line in causes)
-            + f"\n  (`The user requested (constraint)` is the torch stage: torch {job.cell.torch_pin} comes with "
-              f"those versions from the torch index {redact(job.index_url)}, and they are fixed; loosen the .in "
-              "lines that ask for others, or pin a version with torch: `torch_stage_pins` in matrix.yaml)")
+            + "\n".join(f"  {line}" for line in lines)
+            + f"\n  (the torch stage's versions, the lock's `# torch-stage:` set, are constraints: torch "
+              f"{job.cell.torch_pin} comes with them from the torch index {redact(job.index_url)}, and they are "
+              "fixed; loosen the .in lines that ask for others, or pin a version with torch: `torch_stage_pins` in "
+              "matrix.yaml)")
+
+
+def _candidate(url: str) -> str:
+    """`name version` of the distribution file a URL names; the file name itself when it is none."""
+    filename = url.rsplit("/", 1)[-1]
+    for parse in (parse_wheel_filename, parse_sdist_filename):
+        try:
+            name, version, *_ = parse(filename)
+            return f"{name} {version}"
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+            continue
+    return filename
 
 
 def explain_uv_conflict(output: str, job: LockJob) -> str | None:
@@ -328,12 +349,21 @@ def _tar(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+class ExecFailed(WorkFailed):
+    """A command in the lock container failed: the message ends with its last lines; `output` is all of it (a
+    resolver's explanation can come before a long traceback)."""
+
+    def __init__(self, message: str, output: str):
+        super().__init__(message)
+        self.output = output
+
+
 def _exec(container, script: str, what: str) -> str:
     code, output = container.exec_run(["bash", "-o", "pipefail", "-c", script], workdir="/")
     text = output.decode(errors="replace")
     if code != 0:
         tail = "\n".join(text.splitlines()[-40:])
-        raise WorkFailed(redact(f"{what} failed (exit {code}):\n{tail}"))
+        raise ExecFailed(redact(f"{what} failed (exit {code}):\n{tail}"), redact(text))
     return text
 
 
