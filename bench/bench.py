@@ -171,14 +171,21 @@ def lock_uncommitted_cell(client, mode: Mode, project: Path, standin: str, index
     remove_descendants(client, base)
 
 
-def empty_buildkit_cache() -> None:
-    """Before a cold BuildKit build: a fresh copy of the base is not enough, since BuildKit finds the copy's layers by
-    content and reuses every step built on them before; the download cache mounts go too."""
+def forget_earlier_builds(client) -> None:
+    """Before a cold BuildKit build. A fresh copy of the base is not enough: BuildKit finds the copy's layers by
+    content and reuses every step built on them before, and `buildx prune` cannot drop the cache of a step while an
+    image holds it. So every image the bench built so far goes first (its registry's tags, which include the stage
+    images of locks and shared stages; the lock tools; dangling stages), then BuildKit's whole cache, the download
+    cache mounts included."""
+    remove_bench_tags(client)
+    for image in client.images.list(name="gpumatrix-locktools"):
+        remove_image(client, image.id)
+    client.images.prune(filters={"dangling": True})
     timed(["docker", "buildx", "prune", "-af"])
 
 
-def bench_builds(mode: Mode, project: Path, overrides: list[str], make_vars: list[str]) -> str:
-    empty_buildkit_cache()
+def bench_builds(client, mode: Mode, project: Path, overrides: list[str], make_vars: list[str]) -> str:
+    forget_earlier_builds(client)
     cold = timed(cli(project, "build", *cell_args(mode), *overrides))
     noop = timed(["make", "-s", "image", f"MATRIX={project / 'matrix.yaml'}", *make_filters(mode), *make_vars])
     row("no-op `make image` (content tag present) / cold build", noop / cold,
@@ -223,7 +230,7 @@ def bench_shared_stage(client, mode: Mode, project: Path, standin: str, index: L
     seconds = {}
     for what, extra in (("one", ["--flavour", "none"]), ("two", ["--all", "-j", "2"])):
         base = fresh_base(client, standin, f"shared-{what}")
-        empty_buildkit_cache()
+        forget_earlier_builds(client)
         # --force: the content tag does not name the base, so the cell built earlier in this run would be found
         seconds[what] = timed(cli(project, "build", *cell_args(mode), *extra, "--force",
                                   *overrides_for(base, index)))
@@ -239,7 +246,7 @@ def bench_builders(client, mode: Mode, project: Path, standin: str, index: Loopb
     seconds: dict[tuple[str, str], float] = {}
     bases = {builder: fresh_base(client, standin, f"builder-{builder}") for builder in ("buildkit", "classic")}
     try:
-        empty_buildkit_cache()
+        forget_earlier_builds(client)
         for builder, base in bases.items():
             seconds[builder, "cold"] = timed(cli(project, "build", *cell_args(mode), "--builder", builder,
                                                  "--force", *overrides_for(base, index)))
@@ -640,7 +647,7 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             base = fresh_base(client, standin, "base")
             overrides, make_vars = overrides_for(base, index), make_vars_for(base, index)
             bench_list_render()
-            image_ref = bench_builds(mode, project, overrides, make_vars)
+            image_ref = bench_builds(client, mode, project, overrides, make_vars)
             size = bench_size(client, image_ref, base)
             if mode is CPU and not args.skip_installers:
                 bench_installers(client, image_ref, index.url)

@@ -16,7 +16,7 @@ from support.standins import STANDIN_CELL as CELL
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_during_pip_compile_removes_the_container_and_keeps_the_lock(
+def test_signal_during_the_lock_removes_the_container_and_keeps_the_lock(
     tmp_project, stand_ins, docker_client, sig, code
 ):
     project = tmp_project
@@ -25,7 +25,7 @@ def test_signal_during_pip_compile_removes_the_container_and_keeps_the_lock(
     (project / "requirements" / "cpu.in").write_text((project / "requirements" / "cpu.in").read_text() + "rich>=13\n")
     proc = start(project, "lock", "--cuda", "cpu", *stand_ins)
     wait_for(lambda: product_containers(docker_client, "lock", pid=proc.pid) or proc.poll() is not None,
-             "the pip-compile container")
+             "the lock container")
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
