@@ -23,15 +23,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename,
-                             parse_wheel_filename)
-from packaging.version import InvalidVersion
+from packaging.utils import canonicalize_name
 
-from . import build, engine, layout
+from . import build, engine, layout, resolvers
 from .cells import Cell
 from .errors import UsageError, WorkFailed
 from .lockfile import (
-    PIP_TOOLS_VERSION,
     REQ_LINE,
     content_problems,
     format_lock,
@@ -53,14 +50,6 @@ WORK = "/tmp/gpumatrix-lock"
 STAGE_REPORT = f"{WORK}/torch-stage.json"  # pip's installation report of the torch stage's dry run
 STAGE_CONSTRAINTS = f"{WORK}/torch-stage.txt"  # the torch stage's freeze as resolved, the resolver's constraints
 LOCK_OUT = f"{WORK}/lock.txt"  # the resolver's output file; the current lock's body is put there first, as its start
-
-NOT_FOUND = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) "
-                       r"([A-Za-z0-9][A-Za-z0-9._-]*)")
-# uv's first cause when a requirement is on no index: the package, or the version asked for
-UV_NOT_FOUND = re.compile(r"^\s*cause: Because (?:([A-Za-z0-9][A-Za-z0-9._-]*) was not found in the package registry"
-                          r"|there (?:is|are) no versions? of ([A-Za-z0-9][A-Za-z0-9._-]*))", re.MULTILINE)
-UV_NO_SOLUTION = re.compile(r"^error: No solution found when resolving dependencies.*$", re.MULTILINE)
-UV_UNREACHED = re.compile(r"^\s*cause: Failed to fetch: (\S+)$", re.MULTILINE)
 
 
 # pip skips an index page it cannot fetch after its retries and resolves on without it, exit status 0.
@@ -128,7 +117,7 @@ def _dry_run(container, job: LockJob) -> None:
         refused = python_refused(exc.output, job.cell)
         if refused is not None:
             raise UsageError(refused) from None
-        missing = NOT_FOUND.search(exc.output)
+        missing = resolvers.PIP_NOT_FOUND.search(exc.output)
         if missing:
             pins = " ".join(f"{name}=={pin}" for name, pin in job.cell.torch_stage_packages)
             raise WorkFailed(f"the torch index {index} serves no {missing.group(1)} that the torch stage's "
@@ -190,82 +179,18 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
 
     A lock resolved while an index did not answer is refused: it may lack what only that index has.
     """
-    uv = job.cell.resolver == "uv"
-    script = _uv_compile_script(project, job, torch_stage) if uv else _compile_script(project, job, torch_stage)
+    request = resolvers.Request(
+        cell=job.cell, tools=TOOLS, python=layout.VENV_PYTHON, index_url=job.index_url, constraints=STAGE_CONSTRAINTS,
+        never_written=sorted({REQ_LINE.match(line).group(1) for line in torch_stage}), output=LOCK_OUT,
+        layers=[str(project.requirements.relative_to(project.root) / f"{layer}.in") for layer in job.cell.layers])
     try:
-        output = _exec(container, script, "uv pip compile" if uv else "pip-compile")
+        output = _exec(container, f"cd {WORK} && " + shlex.join(resolvers.command(request)),
+                       resolvers.title(job.cell))
     except ExecFailed as exc:
-        raise (_compile_failure(project, job, exc.output, uv) or exc) from None
+        found = resolvers.failure(job.cell, job.index_url, exc.output,
+                                  lambda name: where_required(project, job.cell, name))
+        raise (found or exc) from None
     _refuse_partial_answers(job, output)
-
-
-def _compile_failure(project: Project, job: LockJob, output: str, uv: bool) -> Exception | None:
-    """What a failed resolver run means: an index that did not answer (exit 1), a conflict or a requirement on no
-    index (the user's input, exit 2); None for anything else (then the resolver's own last lines are the message)."""
-    unreached = UV_UNREACHED.search(output) if uv else None
-    if unreached:
-        return WorkFailed(f"an index stopped answering during uv pip compile ({redact(unreached.group(1))}); "
-                          "no lock written: a lock resolved without that index's answer cannot be trusted")
-    missing = (UV_NOT_FOUND if uv else NOT_FOUND).search(output)
-    if missing:
-        name = next(group for group in missing.groups() if group)
-        return UsageError(f"{where_required(project, job.cell, name)}: {name}: no such package or version on PyPI "
-                          f"or {redact(job.index_url)} (cell {job.cell.name})")
-    conflict = explain_uv_conflict(output, job) if uv else explain_conflict(output, job)
-    return None if conflict is None else UsageError(conflict)
-
-
-# pip-compile prints no "The conflict is caused by" (that is pip's own command line); what it leaves is pip's one
-# ERROR line and the resolver's causes in the ResolutionImpossible it raises: each a requirement and the candidate
-# that asked for it (None: the .in files or the constraints).
-PIP_CANNOT = re.compile(r"ERROR: (Cannot install .*? because these package versions have conflicting dependencies)")
-PIP_CAUSE = re.compile(r"RequirementInformation\(requirement=\w+\('([^']+)'\), parent=(?:None|\w+\('([^'\s]+))")
-
-
-def explain_conflict(output: str, job: LockJob) -> str | None:
-    """pip-compile's conflict as a few lines (its ERROR line, then each requirement and who asked for it), without
-    the traceback around them; None when pip found no conflict."""
-    head = PIP_CANNOT.search(output)
-    causes = list(dict.fromkeys(PIP_CAUSE.findall(output)))
-    if head is None and not causes:
-        return None
-    lines = ([head.group(1)] if head else []) + [
-        f"{_candidate(url)} depends on {requirement}" if url else f"the .in files or the torch stage ask for "
-                                                                   f"{requirement}"
-        for requirement, url in causes[:8]]
-    return (f"{job.cell.name}: the app layers cannot be resolved together with the torch stage:\n"
-            + "\n".join(f"  {line}" for line in lines)
-            + f"\n  (the torch stage's versions, the lock's `# torch-stage:` set, are constraints: torch "
-              f"{job.cell.torch_pin} comes with them from the torch index {redact(job.index_url)}, and they are "
-              "fixed; loosen the .in lines that ask for others, or pin a version with torch: `torch_stage_pins` in "
-              "matrix.yaml)")
-
-
-def _candidate(url: str) -> str:
-    """`name version` of the distribution file a URL names; the file name itself when it is none."""
-    filename = url.rsplit("/", 1)[-1]
-    for parse in (parse_wheel_filename, parse_sdist_filename):
-        try:
-            name, version, *_ = parse(filename)
-            return f"{name} {version}"
-        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-            continue
-    return filename
-
-
-def explain_uv_conflict(output: str, job: LockJob) -> str | None:
-    """uv's "No solution found" and its causes, without the rest; None when uv found no conflict. uv does not mark
-    constraints, so the note says which versions are the torch stage's."""
-    found = UV_NO_SOLUTION.search(output)
-    if found is None:
-        return None
-    causes = [re.sub(r"^cause:\s*", "", line.strip()) for line in output[found.end():].splitlines() if line.strip()]
-    return (f"{job.cell.name}: the app layers cannot be resolved together with the torch stage:\n"
-            + "\n".join(f"  {line}" for line in causes[:8])
-            + f"\n  (the torch stage's versions, the lock's `# torch-stage:` set, are constraints: torch "
-              f"{job.cell.torch_pin} comes with them from the torch index {redact(job.index_url)}, and they are "
-              "fixed; loosen the .in lines that ask for others, or pin a version with torch: `torch_stage_pins` in "
-              "matrix.yaml)")
 
 
 def _refuse_partial_answers(job: LockJob, output: str) -> None:
@@ -282,7 +207,8 @@ def _refuse_partial_answers(job: LockJob, output: str) -> None:
 def tools_image(client, job: LockJob) -> str:
     """The base stage plus both resolvers (pip-tools and uv) in a venv of their own (never in the image's env), kept
     for the next lock."""
-    key = hashlib.sha256(f"{job.base_image} {job.cell.pip} {PIP_TOOLS_VERSION} {job.cell.uv}".encode()).hexdigest()[:16]
+    tools = " ".join([job.base_image, job.cell.pip, *resolvers.install_pins(job.cell)])
+    key = hashlib.sha256(tools.encode()).hexdigest()[:16]
     tag = f"gpumatrix-locktools:{key}"
     with _tools_lock(tag):  # cells on one base stage (`-j`) wait for the first to make it instead of each making it
         if engine.present(client, tag):
@@ -369,43 +295,7 @@ def _exec(container, script: str, what: str) -> str:
 
 def _install_tools_script(cell: Cell) -> str:
     return (f"python -m venv {TOOLS} && {TOOLS}/bin/python -m pip install -q --no-cache-dir "
-            f"pip=={cell.pip} pip-tools=={PIP_TOOLS_VERSION} uv=={cell.uv}")
-
-
-def _layer_paths(project: Project, cell: Cell) -> list[str]:
-    return [str(project.requirements.relative_to(project.root) / f"{layer}.in") for layer in cell.layers]
-
-
-def _stage_names(torch_stage: list[str]) -> list[str]:
-    return sorted({REQ_LINE.match(line).group(1) for line in torch_stage})
-
-
-def _uv_compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> str:
-    """pip-compile's flags in uv's words, for the base venv's interpreter. The torch index is an extra index with
-    pip's semantics (the best version across both indexes, `unsafe-best-match`), not uv's default of taking a package
-    only from the first index that has it; uv writes no header, no index URL and no extras or markers by default."""
-    args = [
-        f"{TOOLS}/bin/uv", "pip", "compile", "--quiet", "--no-header", "--generate-hashes", "--system-certs",
-        "--python", layout.VENV_PYTHON, "--extra-index-url", job.index_url, "--index-strategy", "unsafe-best-match",
-        "--constraint", STAGE_CONSTRAINTS, *(["--prerelease", "allow"] if job.cell.pre else []),
-        *[f"--no-emit-package={n}" for n in _stage_names(torch_stage)],
-        "--output-file", LOCK_OUT, *_layer_paths(project, job.cell),
-    ]
-    return f"cd {WORK} && " + shlex.join(args)
-
-
-def _compile_script(project: Project, job: LockJob, torch_stage: list[str]) -> str:
-    names = _stage_names(torch_stage)
-    layers = _layer_paths(project, job.cell)
-    args = [
-        f"{TOOLS}/bin/pip-compile", "--quiet", "--no-header", "--generate-hashes", "--no-allow-unsafe",
-        "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
-        "--extra-index-url", job.index_url, "--constraint", STAGE_CONSTRAINTS,
-        *(["--pre"] if job.cell.pre else []),
-        *[f"--unsafe-package={n}" for n in names],
-        "--output-file", LOCK_OUT, *layers,
-    ]
-    return f"cd {WORK} && " + shlex.join(args)
+            + shlex.join([f"pip=={cell.pip}", *resolvers.install_pins(cell)]))
 
 
 def _read_file(container, path: str) -> str:

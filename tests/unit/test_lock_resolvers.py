@@ -4,7 +4,6 @@ were printed by uv 0.13.9 (`uv pip compile --quiet ...`, stderr) on this machine
 
 from __future__ import annotations
 
-import shlex
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from gpumatrix.errors import UsageError, WorkFailed
-from gpumatrix.lock import LOCK_OUT, STAGE_CONSTRAINTS, LockJob, _compile_failure, _uv_compile_script, starting_point
-from gpumatrix.lockfile import format_lock, inputs_digest, problems, remake_reason
+from gpumatrix.lock import starting_point
+from gpumatrix.lockfile import format_lock, inputs_digest, problems, remake_reason, where_required
 from gpumatrix.pipeline import load
+from gpumatrix.resolvers import Request, command, failure
 
 REPO = Path(__file__).resolve().parents[2]
 CELL = "cpu-py3.11-torch2.13.0"
@@ -32,8 +32,16 @@ def project(tmp_path: Path):
     return project, next(c for c in expansion.cells if c.name == CELL)
 
 
-def job(cell) -> LockJob:
-    return LockJob(cell, "sha256:base", None, INDEX)
+def request(cell) -> Request:
+    return Request(cell=cell, tools="/tools", python="/venv/bin/python", index_url=INDEX, constraints="/w/stage.txt",
+                   never_written=["filelock", "fsspec", "torch", "typing_extensions"], output="/w/lock.txt",
+                   layers=["requirements/cpu.in"])
+
+
+def failed(project, output: str, resolver: str = "uv"):
+    proj, cell = project
+    cell = replace(cell, resolver=resolver)
+    return failure(cell, INDEX, output, lambda name: where_required(proj, cell, name))
 
 
 # ---- the header names the resolver ----
@@ -65,24 +73,35 @@ def test_a_lock_of_the_other_resolver_is_current_but_one_of_another_version_is_s
 # ---- uv with pip-compile's guarantees ----
 
 def test_uv_gets_the_torch_stage_as_constraints_never_written_and_the_torch_index_as_an_extra_index(project):
-    proj, cell = project
-    script = _uv_compile_script(proj, job(cell), STAGE)
-    cd, args = script.split(" && ", 1)
-    argv = shlex.split(args)
-    assert cd == "cd /tmp/gpumatrix-lock"
-    assert argv[:3] == ["/tmp/gpumatrix-tools/bin/uv", "pip", "compile"]
-    assert {"--generate-hashes", "--no-header", "--system-certs"} <= set(argv)
-    assert argv[argv.index("--python") + 1] == "/opt/venv/bin/python"
+    _, cell = project
+    argv = command(request(cell))
+    assert argv[:3] == ["/tools/bin/uv", "pip", "compile"]
+    assert {"--generate-hashes", "--no-header", "--system-certs", "--quiet"} <= set(argv)
+    assert argv[argv.index("--python") + 1] == "/venv/bin/python"
     assert argv[argv.index("--extra-index-url") + 1] == INDEX
     assert "--index-url" not in argv  # PyPI stays the index; the torch index is only added to it
     assert argv[argv.index("--index-strategy") + 1] == "unsafe-best-match"
-    assert argv[argv.index("--constraint") + 1] == STAGE_CONSTRAINTS
-    assert sorted(a.split("=", 1)[1] for a in argv if a.startswith("--no-emit-package=")) == [
-        "filelock", "fsspec", "torch", "typing_extensions"]
-    assert argv[argv.index("--output-file") + 1] == LOCK_OUT
+    assert argv[argv.index("--constraint") + 1] == "/w/stage.txt"
+    assert [a for a in argv if a.startswith("--no-emit-package=")] == [
+        "--no-emit-package=filelock", "--no-emit-package=fsspec", "--no-emit-package=torch",
+        "--no-emit-package=typing_extensions"]
+    assert argv[argv.index("--output-file") + 1] == "/w/lock.txt"
     assert argv[-1] == "requirements/cpu.in" and "--prerelease" not in argv
-    nightly = shlex.split(_uv_compile_script(proj, job(replace(cell, pre=True)), STAGE).split(" && ", 1)[1])
+    nightly = command(request(replace(cell, pre=True)))
     assert nightly[nightly.index("--prerelease") + 1] == "allow"
+
+
+def test_pip_tools_gets_the_same_request_in_pip_compiles_words(project):
+    _, cell = project
+    argv = command(request(replace(cell, resolver="pip-tools")))
+    assert argv[0] == "/tools/bin/pip-compile"
+    assert {"--generate-hashes", "--no-header", "--no-allow-unsafe", "--strip-extras", "--no-emit-index-url"} <= set(argv)
+    assert argv[argv.index("--extra-index-url") + 1] == INDEX and "--index-url" not in argv
+    assert argv[argv.index("--constraint") + 1] == "/w/stage.txt"
+    assert [a for a in argv if a.startswith("--unsafe-package=")] == [
+        "--unsafe-package=filelock", "--unsafe-package=fsspec", "--unsafe-package=torch",
+        "--unsafe-package=typing_extensions"]
+    assert argv[argv.index("--output-file") + 1] == "/w/lock.txt" and argv[-1] == "requirements/cpu.in"
 
 
 def test_the_current_lock_is_the_resolvers_starting_point_when_it_is_intact(project):
@@ -125,7 +144,7 @@ def test_a_package_on_no_index_is_bad_input_naming_the_in_line(project):
     layer = proj.requirements / "cpu.in"
     number = len(layer.read_text().splitlines()) + 1
     layer.write_text(layer.read_text() + "nosuchpkg-gpumatrix-zz\n")
-    found = _compile_failure(proj, job(cell), NOT_ON_ANY_INDEX, uv=True)
+    found = failed(project, NOT_ON_ANY_INDEX)
     assert isinstance(found, UsageError)
     assert str(found) == (f"requirements/cpu.in:{number}: nosuchpkg-gpumatrix-zz: no such package or version on PyPI "
                           f"or {INDEX} (cell {CELL})")
@@ -133,13 +152,12 @@ def test_a_package_on_no_index_is_bad_input_naming_the_in_line(project):
 
 def test_a_version_on_no_index_is_bad_input_too(project):
     proj, cell = project
-    found = _compile_failure(proj, job(cell), NO_SUCH_VERSION, uv=True)
+    found = failed(project, NO_SUCH_VERSION)
     assert isinstance(found, UsageError) and str(found).startswith("a dependency of the cell's layers: requests: ")
 
 
 def test_a_conflict_is_uvs_causes_without_the_rest_and_says_the_torch_stage_is_fixed(project):
-    proj, cell = project
-    found = _compile_failure(proj, job(cell), CONFLICT, uv=True)
+    found = failed(project, CONFLICT)
     assert isinstance(found, UsageError)
     lines = str(found).splitlines()
     assert lines[0] == f"{CELL}: the app layers cannot be resolved together with the torch stage:"
@@ -150,17 +168,15 @@ def test_a_conflict_is_uvs_causes_without_the_rest_and_says_the_torch_stage_is_f
 
 
 def test_an_index_that_stopped_answering_is_a_failure_naming_it_not_bad_input(project):
-    proj, cell = project
-    found = _compile_failure(proj, job(cell), UNREACHED, uv=True)
+    found = failed(project, UNREACHED)
     assert isinstance(found, WorkFailed)
     assert str(found) == ("an index stopped answering during uv pip compile (http://127.0.0.1:9/simple/six/); no lock "
                           "written: a lock resolved without that index's answer cannot be trusted")
 
 
 def test_any_other_failure_is_left_to_the_resolvers_own_lines(project):
-    proj, cell = project
     other = "uv pip compile failed (exit 2):\nerror: Failed to parse `requirements/cpu.in`"
-    assert _compile_failure(proj, job(cell), other, uv=True) is None
+    assert failed(project, other) is None
 
 
 # pip-compile 7.6.2 (pip 25.3) printed this, with --quiet, for datasets==4.0.0 against the constraint
@@ -185,8 +201,7 @@ Traceback (most recent call last):
 
 
 def test_a_pip_tools_conflict_is_its_error_line_and_causes_found_before_a_long_traceback(project):
-    proj, cell = project
-    found = _compile_failure(proj, job(cell), PIP_CONFLICT, uv=False)
+    found = failed(project, PIP_CONFLICT, "pip-tools")
     assert isinstance(found, UsageError)
     lines = str(found).splitlines()
     assert lines[:3] == [
