@@ -166,8 +166,8 @@ def lock_uncommitted_cell(client, mode: Mode, project: Path, standin: str, index
     """Lock a cell that has no committed lock, on a base copy of its own so the cold build that follows stays cold."""
     base = fresh_base(client, standin, "lock-base")
     seconds = timed(cli(project, "lock", *cell_args(mode), *overrides_for(base, index)))
-    note(f"first lock of {mode.cell} (builds its base stage, installs pip-tools, resolves the torch stage from "
-         f"the index's metadata, pip-compile): {seconds:.0f} s")
+    note(f"first lock of {mode.cell} (builds its base stage, installs the resolvers, resolves the torch stage from "
+         f"the index's metadata, then the app layer): {seconds:.0f} s")
     remove_descendants(client, base)
 
 
@@ -686,7 +686,7 @@ def main() -> int:
     parser.add_argument("--only-locks", action="store_true",
                         help="measure only the locks of the shipped matrix (the --skip-locks part; CPU)")
     parser.add_argument("--skip-locks", action="store_true",
-                        help="leave out locking the shipped matrix's Python 3.11 cells (CPU; real pip-compile against "
+                        help="leave out locking the shipped matrix's Python 3.11 cells (CPU; the real resolvers against "
                              "PyPI, and the CUDA 13.0 torch stage built once)")
     args = parser.parse_args()
     mode = CUDA if args.cuda else CPU
