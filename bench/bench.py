@@ -291,6 +291,7 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
             report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
     finally:
         registry.stop()
+        remove_tags_of(client, registry.addr)  # the lock's base stage, built on this engine for the runners' project
         shutil.rmtree(project, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     row("runner B, unchanged cell (content tag in the registry) / runner A's cold build", unchanged / cold,
@@ -671,9 +672,13 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
 
 def remove_bench_tags(client) -> None:
     """Images BuildKit built have no parent chain to follow from the base: every tag of the bench's registry goes."""
+    remove_tags_of(client, REGISTRY)
+
+
+def remove_tags_of(client, registry: str) -> None:
     for image in client.images.list():
         for tag in image.tags:
-            if tag.startswith(f"{REGISTRY}/"):
+            if tag.startswith(f"{registry}/"):
                 remove_image(client, tag)
 
 
