@@ -14,7 +14,7 @@ from packaging.version import InvalidVersion
 
 from .cells import Cell
 from .errors import UsageError, WorkFailed
-from .lockfile import PIP_TOOLS_VERSION
+from .lockfile import RESOLVERS, resolver_version
 from .secrets import redact
 
 NAME = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
@@ -47,8 +47,8 @@ class Request:
 
 
 def install_pins(cell: Cell) -> list[str]:
-    """Both resolvers, at the versions a lock's header names (lockfile.resolver_version)."""
-    return [f"pip-tools=={PIP_TOOLS_VERSION}", f"uv=={cell.uv}"]
+    """Both resolvers (their names are their PyPI projects), at the versions a lock's header names."""
+    return [f"{name}=={resolver_version(cell, name)}" for name in RESOLVERS]
 
 
 def command(req: Request) -> list[str]:
@@ -121,8 +121,6 @@ def _pip_causes(output: str) -> list[str]:
     """pip's ERROR line, then each requirement and who asked for it, without the traceback around them."""
     head = PIP_CANNOT.search(output)
     causes = list(dict.fromkeys(PIP_CAUSE.findall(output)))
-    if head is None and not causes:
-        return []
     return ([head.group(1)] if head else []) + [
         f"{_candidate(url)} depends on {requirement}" if url
         else f"the .in files or the torch stage ask for {requirement}"
