@@ -39,8 +39,9 @@ from gpumatrix.errors import UsageError  # noqa: E402
 from gpumatrix.lockfile import pinned  # noqa: E402
 from devtools import engines  # noqa: E402
 from devtools.registry import Registry  # noqa: E402
+from devtools.demo_extension import demo_project  # noqa: E402
 from devtools.standins import (PYPI_SIMPLE, LoopbackIndex, StandinError, ensure_standin_base,  # noqa: E402
-                               index_requirements)
+                               ensure_standin_devel_base, index_requirements)
 
 CACHE = ROOT / ".cache"
 CPU_LOCK = ROOT / "locks" / "cpu-py3.11-torch2.13.0.txt"  # the committed lock of the shipped CPU cell
@@ -299,6 +300,38 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
     row("runner B after a lock change (torch stage from the registry's cache) / runner A's cold build",
         relocked / cold, f"{relocked:.1f} s / {cold:.1f} s", "<= 0.3")
     note_slowest_steps("runner B after the lock change", report)
+
+
+def bench_extension(client, standin: str, index: LoopbackIndex) -> None:
+    """A cell with a compiled extension (the tests' demo kernel for sm_80 and sm_90, on the devel stand-in with
+    nvcc from PyPI): built cold (BuildKit's caches, ccache's included, emptied first), then after a lock change, which
+    must compile nothing."""
+    devel = ensure_standin_devel_base(client, CACHE, standin, log=log)
+    project = demo_project(Path(tempfile.mkdtemp(prefix="gpumatrix-bench-ext-")) / "project", ROOT / "templates",
+                           registry=REGISTRY)
+    flags = ["--cuda", "13.0", "--base-image", devel, "--runtime-image", standin, "--index-url", index.url,
+             "--network", "host"]
+    try:
+        timed(cli(project, "lock", *flags))
+        forget_earlier_builds(client)
+        cold = timed(cli(project, "build", "--locked", *flags))
+        compile_steps = extension_runs(project)
+        (project / "requirements" / "ext.in").write_text("six\npackaging>=24\n")
+        timed(cli(project, "lock", *flags))
+        warm = timed(cli(project, "build", "--locked", *flags))
+        warm_steps = extension_runs(project)
+    finally:
+        shutil.rmtree(project.parent, ignore_errors=True)
+    cached = sum(1 for step in warm_steps if step["cached"])
+    row("rebuild after a lock change, cell with a compiled extension / cold build", warm / cold,
+        f"{warm:.1f} s / {cold:.1f} s; extension RUN steps cached {cached} of {len(warm_steps)}", "<= 0.15, none recompiled")
+    note("extension stage of the cold build: " + "; ".join(
+        f"{step['instruction'][:40]} {step['seconds']:.1f} s" for step in compile_steps))
+
+
+def extension_runs(project: Path) -> list[dict]:
+    report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+    return [s for s in report["steps"] if s["stage"].startswith("extension") and s["instruction"].startswith("RUN")]
 
 
 def bench_size(client, image_ref: str, runtime_base: str) -> int:
@@ -640,6 +673,13 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
     index = LoopbackIndex(CACHE / mode.index_dir)
     index.fill(mode.wheels, local_version=mode.local_version, log=log)
     drop_other_versions(index, mode.sole_versions)
+    if args.only_extensions:
+        try:
+            with index:
+                bench_extension(client, standin, index)
+        finally:
+            remove_bench_tags(client)
+        return
     project = project_copy()
     try:
         with index:
@@ -661,6 +701,8 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
             bench_builders(client, mode, project, standin, index)
             if not args.skip_runners:
                 bench_two_runners(client, mode, project, standin, index)
+            if mode is CUDA:
+                bench_extension(client, standin, index)
     finally:
         shutil.rmtree(project, ignore_errors=True)
         remove_image(client, "gpumatrix-bench:naive")
@@ -693,8 +735,11 @@ def main() -> int:
     parser.add_argument("--skip-locks", action="store_true",
                         help="leave out locking the shipped matrix's Python 3.11 cells (CPU; the real resolvers against "
                              "PyPI, and the CUDA 13.0 torch stage built once)")
+    parser.add_argument("--only-extensions", action="store_true",
+                        help="measure only the cell with a compiled extension (the CUDA 13.0 cell with the tests' "
+                             "demo kernel; implies --cuda)")
     args = parser.parse_args()
-    mode = CUDA if args.cuda else CPU
+    mode = CUDA if args.cuda or args.only_extensions else CPU
     try:
         run(engine.connect(), mode, args)
     except (BenchError, StandinError, UsageError, engines.EngineError) as exc:

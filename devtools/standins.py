@@ -14,6 +14,7 @@ import functools
 import hashlib
 import html
 import http.server
+import io
 import os
 import pathlib
 import shutil
@@ -172,6 +173,107 @@ def _import_rootfs(
 def _chunks(stream, size: int = 1 << 20) -> Iterator[bytes]:
     while chunk := stream.read(size):
         yield chunk
+
+
+# --- stand-in CUDA devel base ------------------------------------------------
+#
+# nvidia/cuda:13.0.x-devel-ubuntu24.04 cannot be pulled here. What a torch CUDAExtension build needs of it is g++,
+# the Python headers and a CUDA toolkit at /usr/local/cuda; NVIDIA publishes the toolkit's compiler pieces as wheels
+# on PyPI (nvidia/cu13/{bin,include,lib,nvvm}), so the devel stand-in is the stand-in base plus those, laid out as
+# the real image lays out its toolkit. ccache and ninja are left out on purpose: the product installs them itself.
+
+DEVEL_RECIPE_VERSION = "1"
+DEVEL_APT_PACKAGES = ("g++", "python3.11-dev")
+CUDA_PYPI_PINS = (
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cccl==13.0.85",
+)
+CUDA_PYPI_TARGET = "/opt/nvidia-cuda"  # pip install --target; the toolkit lands in <target>/nvidia/cu13
+CUDA_VERSION_DIR = "/usr/local/cuda-13.0"  # the real image's versioned directory; /usr/local/cuda points at it
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the classic builder colours a step's stderr
+
+
+def standin_devel_key(base: str) -> str:
+    """First 16 hex of a sha256 over the base reference and everything the devel recipe adds to it."""
+    digest = hashlib.sha256()
+    for part in (base, DEVEL_RECIPE_VERSION, ",".join(DEVEL_APT_PACKAGES), ",".join(CUDA_PYPI_PINS),
+                 CUDA_PYPI_TARGET, CUDA_VERSION_DIR):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def devel_dockerfile(base: str, key: str) -> str:
+    """The devel stand-in's Dockerfile: compilers, the CUDA wheels and the symlinks that make them a toolkit.
+
+    /usr/local/cuda -> cuda-13.0 -> <target>/nvidia/cu13, as in the real image, so that nvcc is found on PATH and
+    torch.utils.cpp_extension finds the toolkit at /usr/local/cuda without CUDA_HOME. The wheels ship only
+    lib/libcudart.so.13: the linker needs libcudart.so for -lcudart, and both nvcc.profile and cpp_extension look in
+    lib64 (-L$(TOP)/lib64, CUDA_HOME/lib64), so lib64 -> lib. The cccl headers (include/cccl) stay where they are:
+    nvcc.profile puts them on nvcc's include path itself, as in the real CUDA 13 toolkit.
+    The last RUN compiles and links a kernel, so a broken toolkit fails here rather than in a test.
+    """
+    cuda = f"{CUDA_PYPI_TARGET}/nvidia/cu13"
+    smoke = ("printf '#include <cuda/std/cstdint>\\n__global__ void k(float *x) { x[threadIdx.x] += 1; }\\n"
+             "int main() { return 0; }\\n' > /tmp/smoke.cu")
+    return "\n".join([
+        f"FROM {base}",
+        "RUN apt-get update \\",
+        f" && apt-get install -y --no-install-recommends {' '.join(DEVEL_APT_PACKAGES)} \\",
+        " && rm -rf /var/lib/apt/lists/*",
+        "RUN python3.11 -m pip install --no-cache-dir --no-compile --disable-pip-version-check \\",
+        f"      --target {CUDA_PYPI_TARGET} {' '.join(CUDA_PYPI_PINS)} \\",
+        f" && ln -s {cuda} {CUDA_VERSION_DIR} \\",
+        f" && ln -s {CUDA_VERSION_DIR.rsplit('/', 1)[1]} /usr/local/cuda \\",
+        " && ln -s libcudart.so.13 /usr/local/cuda/lib/libcudart.so \\",
+        " && ln -s lib /usr/local/cuda/lib64",
+        "ENV PATH=/usr/local/cuda/bin:${PATH}",
+        f"RUN {smoke} \\",
+        " && nvcc --version \\",
+        " && nvcc -gencode arch=compute_80,code=sm_80 -o /tmp/smoke /tmp/smoke.cu \\",
+        " && rm -f /tmp/smoke /tmp/smoke.cu",
+        f"LABEL {KEY_LABEL}={key}",
+        "",
+    ])
+
+
+def ensure_standin_devel_base(
+    client: docker.DockerClient, cache_dir: pathlib.Path, base: str, log: Log = print
+) -> str:
+    """Return the tag of the devel stand-in built on `base` (ensure_standin_base's tag), building it on a cache miss.
+
+    It plays nvidia/cuda:13.0.x-devel-ubuntu24.04 for builds of torch CUDA extensions (no GPU needed to compile).
+    A failed build's whole log is kept in cache_dir; the error quotes its tail.
+    """
+    key = standin_devel_key(base)
+    tag = f"{REPOSITORY}:devel-{key}"
+    if engine.present(client, tag) is not None:
+        log(f"stand-in devel base {tag}: cache hit")
+        return tag
+    log(f"building stand-in devel base {tag} on {base} (about 20 s: apt, then ~105 MB of CUDA wheels from PyPI)")
+    _build_devel(client, cache_dir, devel_dockerfile(base, key), tag)
+    log(f"stand-in devel base {tag}: built")
+    return tag
+
+
+def _build_devel(client: docker.DockerClient, cache_dir: pathlib.Path, dockerfile: str, tag: str) -> None:
+    """Build from an in-memory Dockerfile (no context); on failure keep the log and raise with its last lines."""
+    try:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True, pull=False)
+    except docker.errors.BuildError as exc:
+        text = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
+        lines = [line.rstrip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        log_path = cache_dir / f"standin-{tag.split(':', 1)[1]}.build.log"
+        log_path.write_text("\n".join(lines) + "\n")
+        raise StandinError(
+            f"build of the stand-in devel base {tag} failed ({exc.msg}); full log in {log_path}:\n"
+            + "\n".join(lines[-20:])
+        ) from None
+    except docker.errors.APIError as exc:
+        raise StandinError(f"build of the stand-in devel base {tag} failed: {exc}") from None
 
 
 # --- loopback wheel index --------------------------------------------------

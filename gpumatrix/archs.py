@@ -66,3 +66,16 @@ def how_covered(target: str, compiled: list[str] | tuple[str, ...]) -> str:
     if arch.startswith("compute_"):
         return f"PTX {arch} JIT-compiled for {target}"
     return f"{arch} code runs on {target}"
+
+
+def torch_cuda_arch_list(targets: list[str] | tuple[str, ...]) -> str:
+    """TORCH_CUDA_ARCH_LIST for building an extension for `targets`: sm_80 sm_90 -> "8.0;9.0+PTX". PTX of the newest
+    target rides along so GPUs newer than every target still get kernels (JIT-compiled); an arch-specific target
+    (sm_90a) carries no PTX, as its code runs on that GPU only."""
+    parsed = sorted(parse_arch(t) for t in targets)
+    if not parsed:
+        return ""
+    general = [p for p in parsed if not p[3]]
+    newest = general[-1] if general else None
+    return ";".join(f"{major}.{minor}{suffix}" + ("+PTX" if p == newest else "")
+                    for p in parsed for _, major, minor, suffix in [p])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests as http
 
-from . import buildkit, engine
+from . import buildkit, engine, extensions
 from .cells import Cell
 from .engine import BuildOutcome, Listener
 from .errors import UsageError
@@ -35,8 +35,10 @@ def prepare(
         if say is not None and choice not in told:
             told.add(choice)
             say(f"builder: {choice.builder} ({choice.why})")
-        requests.append(request_for(env, cell, image, verified_lock(project, cell) if target is None else None,
-                                    overrides, target=target, nocache=nocache, builder=choice.builder))
+        whole = target is None
+        requests.append(request_for(env, cell, image, verified_lock(project, cell) if whole else None,
+                                    overrides, target=target, nocache=nocache, builder=choice.builder,
+                                    context_files=extensions.context_files(project, cell, say) if whole else ()))
     return requests
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -132,9 +133,16 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
 
 
 def _write_context(context: Path, req: BuildRequest) -> Path:
-    """The build context as the classic build sends it (engine.context_tar): the Dockerfile and the lock."""
+    """The build context as the classic build sends it (engine.context_tar): the Dockerfile, the lock and the
+    extensions' files (hard-linked where they can be: a wheel can be hundreds of MB)."""
     (context / "ctx").mkdir()
     (context / "ctx" / "Dockerfile").write_text(req.dockerfile)
+    for name, path in req.context_files:
+        (context / "ctx" / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, context / "ctx" / name)
+        except OSError:
+            shutil.copyfile(path, context / "ctx" / name)
     if req.lock is not None:
         (context / "ctx" / layout.LOCK_IN_CONTEXT).write_bytes(req.lock)
     return context / "iid"

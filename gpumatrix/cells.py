@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from . import compat
@@ -28,6 +29,21 @@ DEFAULT_SETTINGS = Settings(
     network="default",
     torch_stage_pins=[],
 )
+
+
+@dataclass(frozen=True)
+class ExtensionSpec:
+    """One compiled extension of a cell: an sdist built against its torch, or a prebuilt wheel made for it."""
+
+    name: str
+    kind: str  # sdist | wheel
+    source: str  # an http(s) URL or a path inside the project, as matrix.yaml gives it
+    filename: str  # its name in the build context and in the rendered Dockerfile
+    sha256: str
+    env: tuple[tuple[str, str], ...] = ()
+    max_jobs: str | None = None  # None: from the builder's cores and memory, at build time
+    build_requires: tuple[str, ...] = ()  # exact pins installed before the build (no build isolation)
+    requires: tuple[str, ...] = ()  # what it needs at run time besides torch: resolved into the cell's lock
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class Cell:
     flavour: str | None = None  # cells of one torch stage with different app layers: name-<flavour>
     torch_stage_pins: tuple[tuple[str, str], ...] = ()  # (name, version) installed with torch from the torch index
     builder: str | None = None  # buildkit | classic as matrix.yaml sets it; None: whichever answers
+    extensions: tuple[ExtensionSpec, ...] = ()
 
     @property
     def is_cuda(self) -> bool:
@@ -312,7 +329,29 @@ def make_cell(matrix: Matrix, cuda: str, python: str, torch: str) -> Cell:
         tags=(f"{repository}:{name}",),
         torch_stage_pins=tuple(tuple(pin.split("==", 1)) for pin in s.torch_stage_pins),
         builder=s.builder,
+        extensions=_extensions(s, torch, cuda, python, variant),
     )
+
+
+def _extensions(s: Settings, torch: str, cuda: str, python: str, variant: str) -> tuple[ExtensionSpec, ...]:
+    """The cell's extensions; a prebuilt wheel whose tags do not fit the cell is refused here, before any build."""
+    specs = []
+    for entry in s.extensions or ():
+        kind = "sdist" if entry.sdist is not None else "wheel"
+        source = entry.sdist or entry.wheel
+        filename = source.rstrip("/").rsplit("/", 1)[-1].replace("%2B", "+").replace("%2b", "+")
+        if kind == "wheel":
+            compat.check_prebuilt_wheel(entry.name, filename, torch, compat.variant_cuda(variant) or "cpu", python)
+        specs.append(ExtensionSpec(entry.name, kind, source, filename, entry.sha256, tuple(sorted(entry.env.items())),
+                                   entry.max_jobs, tuple(entry.build_requires), tuple(entry.requires)))
+    if specs and not s.layers:
+        raise compat.Incompatible("extensions need the cell to have `layers`: the cell's lock is where their own "
+                                  "requirements are resolved, and what `pip check` proves complete")
+    names = [canonicalize_name(spec.name) for spec in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise compat.Incompatible(f"extension {', '.join(twice)} is listed twice")
+    return tuple(specs)
 
 
 def _missing_layers(cells, source: Path, requirements_dir: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -10,6 +11,7 @@ from typing import Annotated, Literal
 
 import yaml
 from packaging.specifiers import SpecifierSet
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
@@ -199,6 +201,44 @@ def _arch_alternatives(missing: list[str]) -> str:
         if all(a in rule["archs"] for a in missing):
             options.append(f"torch {rule['torch']} on {rule['variant']}")
     return f"wheels with {', '.join(missing)}: " + "; ".join(options) if options else ""
+
+
+def cxx11_abi(torch: str) -> bool:
+    """Whether torch's Linux wheels of this release use the C++11 ABI (a nightly counts as its release)."""
+    return _v(_v(torch).base_version) in SpecifierSet(facts()["cxx11_abi"]["torch"])
+
+
+# flash-attn's naming of what a prebuilt wheel was built against: +cu12torch2.7cxx11abiTRUE
+WHEEL_BUILD_LABEL = re.compile(r"cu(?P<cuda>\d+)torch(?P<torch>\d+\.\d+)cxx11abi(?P<abi>TRUE|FALSE)", re.IGNORECASE)
+
+
+def check_prebuilt_wheel(name: str, filename: str, torch: str, cuda: str, python: str) -> None:
+    """Incompatible unless the wheel's tags fit the cell: its CPython, Linux x86_64, and where the local version label
+    says what it was built against (flash-attn's +cu12torch2.7cxx11abiTRUE), the same CUDA major, torch release and
+    C++ ABI."""
+    try:
+        dist, version, _, tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        raise Incompatible(f"extension {name}: {filename} is not a wheel file name ({exc})") from None
+    if canonicalize_name(dist) != canonicalize_name(name):
+        raise Incompatible(f"extension {name}: the wheel {filename} is of {dist}, not {name}")
+    cp = "cp" + python.replace(".", "")
+    if not any(t.interpreter in (cp, "py3") and (t.abi in (cp, "abi3", "none")) for t in tags):
+        found = ", ".join(sorted({t.interpreter for t in tags}))
+        raise Incompatible(f"extension {name}: the wheel {filename} is for {found}, the cell has Python {python} ({cp})")
+    if not any(t.platform == "linux_x86_64" or (t.platform.startswith("manylinux") and t.platform.endswith("_x86_64"))
+               for t in tags):
+        found = ", ".join(sorted({t.platform for t in tags}))
+        raise Incompatible(f"extension {name}: the wheel {filename} is for {found}, not Linux x86_64")
+    label = WHEEL_BUILD_LABEL.fullmatch(version.local or "")
+    if label is None:
+        return
+    built_for = f"CUDA {label['cuda'][:2]}, torch {label['torch']}, cxx11abi {label['abi'].upper()}"
+    torch_abi = "TRUE" if cxx11_abi(torch) else "FALSE"
+    wanted = f"CUDA {cuda.split('.')[0]}, torch {_v(torch).major}.{_v(torch).minor}, cxx11abi {torch_abi}"
+    if cuda == "cpu" or built_for != wanted:
+        raise Incompatible(f"extension {name}: the wheel {filename} was built for {built_for}; the cell needs "
+                           + ("a CPU build" if cuda == "cpu" else wanted))
 
 
 def python_source(cuda: str, python: str) -> str:

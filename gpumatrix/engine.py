@@ -6,11 +6,14 @@ import io
 import os
 import re
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import docker
 import requests
@@ -108,6 +111,7 @@ class BuildOutcome:
     labels: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     digest: str | None = None  # the registry's manifest digest, for a cell found there (status "in registry")
+    extension_wheels: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {"wheel", "sha256"}
 
     @property
     def cache_hits(self) -> int:
@@ -122,13 +126,19 @@ class BuildOutcome:
 Listener = Callable[[str, Step | None, str | None], None]  # (cell name, current step, output line)
 
 
-def context_tar(dockerfile: str, lock: bytes | None) -> io.BytesIO:
-    """The whole build context: the Dockerfile and the lock, with fixed metadata so it is reproducible."""
-    buf = io.BytesIO()
+def context_tar(dockerfile: str, lock: bytes | None, files: tuple[tuple[str, Path], ...] = ()) -> IO[bytes]:
+    """The whole build context: the Dockerfile, the lock and the extensions' files, with fixed metadata so it is
+    reproducible. Spooled to disk past 64 MB: an extension's wheel can be hundreds of MB."""
+    buf = tempfile.SpooledTemporaryFile(max_size=64 << 20)
     with tarfile.open(fileobj=buf, mode="w") as tar:
         _add(tar, "Dockerfile", dockerfile.encode())
         if lock is not None:
             _add(tar, layout.LOCK_IN_CONTEXT, lock)
+        for name, path in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
     buf.seek(0)
     return buf
 
@@ -205,7 +215,7 @@ def build(client: docker.DockerClient, req: BuildRequest, listener: Listener) ->
     outcome = BuildOutcome(req.cell.name, "failed", req.tags)
     try:
         stream = client.api.build(
-            fileobj=context_tar(req.dockerfile, req.lock),
+            fileobj=context_tar(req.dockerfile, req.lock, req.context_files),
             custom_context=True,
             tag=req.content_tag,
             buildargs=req.build_args,
@@ -302,7 +312,7 @@ def finish(client: docker.DockerClient, req: BuildRequest, outcome: BuildOutcome
     if req.target is None:
         tag_cell(image, req.cell)
     outcome.status = "built"
-    record_image(outcome, image)
+    record_image(outcome, image, req.cell if req.target is None else None)
 
 
 def tag_cell(image, cell: Cell) -> None:
@@ -311,10 +321,34 @@ def tag_cell(image, cell: Cell) -> None:
         image.tag(repo, tag)
 
 
-def record_image(outcome: BuildOutcome, image) -> None:
+def record_image(outcome: BuildOutcome, image, cell: Cell | None = None) -> None:
     outcome.image_id = image.id
     outcome.size = image.attrs.get("Size")
     outcome.labels = dict(image.labels or {})
+    if cell is not None and cell.extensions:
+        outcome.extension_wheels = extension_wheels(image)
+
+
+def extension_wheels(image) -> dict[str, dict[str, str]]:
+    """name -> {"wheel", "sha256"} of each extension as the image records it (layout.EXTENSION_RECORDS): the wheel
+    its files were installed from."""
+    box = image.client.containers.create(image.id, command=["true"], labels=layout.container_labels("records"))
+    try:
+        stream, _ = box.get_archive(layout.EXTENSION_RECORDS)
+        with tempfile.TemporaryFile() as buf:
+            for chunk in stream:
+                buf.write(chunk)
+            buf.seek(0)
+            with tarfile.open(fileobj=buf) as tar:
+                texts = {Path(m.name).stem: tar.extractfile(m).read().decode() for m in tar.getmembers()
+                         if m.isfile() and m.name.endswith(".sha256")}
+    finally:
+        box.remove(force=True)
+    found = {}
+    for name, text in texts.items():
+        sha256, _, wheel = text.strip().partition("  ")
+        found[name] = {"wheel": wheel, "sha256": sha256}
+    return found
 
 
 def skip_if_present(client: docker.DockerClient, req: BuildRequest) -> BuildOutcome | None:
@@ -325,5 +359,5 @@ def skip_if_present(client: docker.DockerClient, req: BuildRequest) -> BuildOutc
     if req.target is None:
         tag_cell(image, req.cell)
     outcome = BuildOutcome(req.cell.name, "skipped", req.tags)
-    record_image(outcome, image)
+    record_image(outcome, image, req.cell if req.target is None else None)
     return outcome

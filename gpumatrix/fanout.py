@@ -4,10 +4,11 @@ cell (`bake`, docker-bake.json), so CI runners or a remote/Kubernetes buildx bui
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from .cells import Cell
-from . import layout
+from . import extensions, layout
 from .errors import UsageError
 from .lockfile import check_all, verified_lock
 from .project import Project, write_atomic
@@ -56,7 +57,8 @@ def bake_file(project: Project, image: str, cells: list[Cell], overrides: BuildO
     targets: dict[str, dict] = {}
     files: dict[Path, bytes] = {}
     for cell in cells:
-        req = request_for(env, cell, image, verified_lock(project, cell), overrides)
+        req = request_for(env, cell, image, verified_lock(project, cell), overrides,
+                          context_files=extensions.context_files(project, cell))
         tags = req.tags
         if registry:
             repo = f"{registry.rstrip('/')}/{image}"
@@ -65,6 +67,8 @@ def bake_file(project: Project, image: str, cells: list[Cell], overrides: BuildO
         files[context / "Dockerfile"] = req.dockerfile.encode()
         if req.lock is not None:
             files[context / layout.LOCK_IN_CONTEXT] = req.lock
+        for name, path in req.context_files:
+            files[context / name] = path.read_bytes()
         target = {
             "context": _relative(project, context),
             "dockerfile": "Dockerfile",
@@ -83,13 +87,11 @@ def bake_file(project: Project, image: str, cells: list[Cell], overrides: BuildO
 
 def write_contexts(files: dict[Path, bytes], context_root: Path) -> None:
     """Write the contexts; remove contexts of cells that are not in this bake file."""
-    keep = {path.parent for path in files}
+    keep = {context_root / path.relative_to(context_root).parts[0] for path in files}
     if context_root.is_dir():
         for old in context_root.iterdir():
             if old.is_dir() and old not in keep:
-                for f in old.iterdir():
-                    f.unlink()
-                old.rmdir()
+                shutil.rmtree(old)
     for path, data in files.items():
         write_atomic(path, data)
 

@@ -25,6 +25,20 @@ DEBIAN_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[0-9][A-Za-z0-9.+~:-
 # One exact requirement pin, name==version (PEP 508 name, PEP 440 version with an optional local label).
 EXACT_PIN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[0-9][A-Za-z0-9.+!_-]*$"
 
+# A distribution name (PEP 508).
+PROJECT_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$"
+
+# An extension's pinned source: an http(s) URL (no userinfo, no quotes or spaces), or a path inside the project.
+SOURCE_URL = (rf"^https?://{_HOST}(?::[0-9]{{1,5}})?/[A-Za-z0-9._~%!*+,;=:/-]*$")
+PROJECT_PATH = r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._+/-]+$"
+# The file name an extension's source has in the build context and in the rendered Dockerfile.
+SOURCE_FILE = r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.(?:tar\.gz|zip|whl)$"
+SHA256 = r"^[0-9a-f]{64}$"
+# A build environment variable of an extension: NAME and a value rendered inside double quotes, so no `"`, `$`, `\`,
+# backtick or newline.
+ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,63}$"
+ENV_VALUE = r"^[A-Za-z0-9 ._+,:;=/@%-]{0,200}$"
+
 # A Docker network mode for the build containers: default, host, none, or a network's name.
 NETWORK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

@@ -167,6 +167,7 @@ def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Optio
         "companions": dict(cell.companions),
         "cuda": cell.variant_cuda,
         "archs": list(cell.archs),
+        "extensions": [e.name for e in getattr(cell, "extensions", ())],  # their .so files must have kernels for archs
         "torch_stage": stage,
         "locked": locked,
         "lock_text": lock_text,

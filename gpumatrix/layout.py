@@ -18,9 +18,14 @@ CONSTRAINTS = f"{STATE_DIR}/constraints.txt"  # the whole environment's freeze; 
 LOCK_IN_CONTEXT = "app.lock"  # the lock's name in the build context
 LOCK_IN_IMAGE = f"{STATE_DIR}/{LOCK_IN_CONTEXT}"
 APP_LAYER = "/opt/app-layer"  # the devel app stage's files on their way to the runtime stage
-# BuildKit cache mounts (never part of the image): pip's and uv's download caches. Each is shared by every build on
+EXTENSIONS_IN_CONTEXT = "extensions"  # the extensions' sdists and wheels in the build context
+EXTENSION_SOURCE = "/tmp/gpumatrix-extension"  # an extension stage's sdist or wheel, as copied in
+EXTENSION_WHEELS = "/tmp/gpumatrix-wheels"  # the wheel an extension stage built (or was given), before it installs
+EXTENSION_LAYER = "/opt/extension-layer"  # an extension stage's installed files on their way to the app layer
+EXTENSION_RECORDS = f"{STATE_DIR}/extensions"  # <name>.sha256: `sha256sum` of the wheel each extension came from
+# BuildKit cache mounts (never part of the image): pip's and uv's download caches, and ccache's compile cache. Each is shared by every build on
 # the builder under the id gpumatrix-<name>.
-CACHE_MOUNTS = MappingProxyType({"pip": "/root/.cache/pip", "uv": "/root/.cache/uv"})
+CACHE_MOUNTS = MappingProxyType({"pip": "/root/.cache/pip", "uv": "/root/.cache/uv", "ccache": "/root/.cache/ccache"})
 
 # The runtime stage's ENV (PATH starts with the venv's bin; it is checked on its own).
 RUNTIME_ENV = MappingProxyType({
@@ -63,5 +68,10 @@ def for_template() -> dict:
         "lock_in_context": LOCK_IN_CONTEXT,
         "lock_in_image": LOCK_IN_IMAGE,
         "app_layer": APP_LAYER,
+        "extensions_in_context": EXTENSIONS_IN_CONTEXT,
+        "extension_source": EXTENSION_SOURCE,
+        "extension_wheels": EXTENSION_WHEELS,
+        "extension_layer": EXTENSION_LAYER,
+        "extension_records": EXTENSION_RECORDS,
         "cache_mounts": dict(CACHE_MOUNTS),
     }

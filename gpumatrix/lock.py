@@ -29,8 +29,10 @@ from . import build, engine, layout, resolvers
 from .cells import Cell
 from .errors import UsageError, WorkFailed
 from .lockfile import (
+    EXTENSIONS_IN,
     REQ_LINE,
     content_problems,
+    extension_requirements,
     format_lock,
     input_texts,
     inputs_digest,
@@ -182,7 +184,7 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
     request = resolvers.Request(
         cell=job.cell, tools=TOOLS, python=layout.VENV_PYTHON, index_url=job.index_url, constraints=STAGE_CONSTRAINTS,
         never_written=sorted({REQ_LINE.match(line).group(1) for line in torch_stage}), output=LOCK_OUT,
-        layers=[str(project.requirements.relative_to(project.root) / f"{layer}.in") for layer in job.cell.layers])
+        layers=[str(path.relative_to(project.root)) for path in resolver_inputs(project, job.cell)])
     try:
         output = _exec(container, f"cd {WORK} && " + shlex.join(resolvers.command(request)),
                        resolvers.title(job.cell))
@@ -191,6 +193,12 @@ def _compile(container, project: Project, job: LockJob, torch_stage: list[str]) 
                                   lambda name: where_required(project, job.cell, name))
         raise (found or exc) from None
     _refuse_partial_answers(job, output)
+
+
+def resolver_inputs(project: Project, cell: Cell) -> list[Path]:
+    """The files the resolver is given: the layers' .in files, and the extensions' requirements when there are any."""
+    inputs = [project.requirements / f"{layer}.in" for layer in cell.layers]
+    return inputs + ([project.requirements / EXTENSIONS_IN] if extension_requirements(cell) else [])
 
 
 def _refuse_partial_answers(job: LockJob, output: str) -> None:

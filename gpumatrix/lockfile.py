@@ -136,7 +136,21 @@ def input_texts(project: Project, cell: Cell) -> dict[Path, str]:
             continue
         ordered[path] = texts[path]
         queue += [inc.path for inc in edges[path]]
+    extensions = extension_requirements(cell)
+    if extensions:
+        ordered[project.requirements / EXTENSIONS_IN] = extensions
     return ordered
+
+
+def extension_requirements(cell: Cell) -> str:
+    """The `requires` of the cell's extensions as one more input of its lock (no file on disk holds it; its name
+    cannot be a layer's, whose names start with a letter or digit)."""
+    lines = [f"{req}  # {spec.name}" for spec in cell.extensions for req in spec.requires]
+    return "".join(f"{line}\n" for line in ["# the `requires` of the cell's extensions in matrix.yaml", *lines]) \
+        if lines else ""
+
+
+EXTENSIONS_IN = "_extensions.in"  # the extensions' requirements, as the resolver reads them
 
 
 def input_files(project: Project, cell: Cell) -> list[Path]:

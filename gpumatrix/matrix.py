@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement as PackagingRequirement
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StringConstraints, \
-    ValidationError
+    ValidationError, model_validator
 
 from . import grammar
 from .errors import UsageError
@@ -71,6 +72,76 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _source_kind(source: str) -> str:
+    if "://" in source:
+        if has_credentials(source):
+            raise ValueError("holds credentials, which would be committed; fetch the file and give its path instead")
+        if not grammar.matches(grammar.SOURCE_URL, source):
+            raise ValueError(f"{redact(source)!r} is not an http(s) URL of a file")
+    elif not grammar.matches(grammar.PROJECT_PATH, source):
+        raise ValueError(f"{source!r} is neither an http(s) URL nor a path inside the project")
+    name = source.rstrip("/").rsplit("/", 1)[-1].replace("%2B", "+").replace("%2b", "+")
+    if not grammar.matches(grammar.SOURCE_FILE, name):
+        raise ValueError(f"{name!r} is not the file name of an sdist (.tar.gz, .zip) or a wheel (.whl)")
+    return source
+
+
+def _build_env_name(name: str) -> str:
+    if name in ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST"):
+        raise ValueError(f"{name} is set by gpumatrix ({'`max_jobs`' if name == 'MAX_JOBS' else 'from the cell`s archs'})"
+                         ", not in `env`")
+    return name
+
+
+ExtensionSource = Annotated[str, AfterValidator(_source_kind)]
+EnvName = Annotated[str, StringConstraints(pattern=grammar.ENV_NAME), AfterValidator(_build_env_name)]
+EnvValue = Annotated[str, StringConstraints(pattern=grammar.ENV_VALUE)]
+MaxJobs = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,2}$")]  # YAML numbers keep their text
+
+
+def _plain_requirement(text: str) -> str:
+    try:
+        req = PackagingRequirement(text)
+    except InvalidRequirement as exc:
+        raise ValueError(f"{text!r} is not a requirement: {exc}") from None
+    if req.url:
+        raise ValueError(f"{text!r}: name a package and its versions here, not a URL")
+    _not_torch_itself(f"{req.name}==0")
+    return text
+
+
+# What an extension needs at run time besides torch (einops for flash-attn): resolved into the cell's lock.
+ExtensionRequirement = Annotated[str, StringConstraints(max_length=200), AfterValidator(_plain_requirement)]
+
+
+class Extension(_Strict):
+    """A compiled extension: an sdist built against the cell's torch, or a prebuilt wheel made for it, each pinned by
+    its sha256."""
+
+    name: Annotated[str, StringConstraints(pattern=grammar.PROJECT_NAME)]
+    sdist: ExtensionSource | None = None
+    wheel: ExtensionSource | None = None
+    sha256: Annotated[str, StringConstraints(pattern=grammar.SHA256)]
+    env: dict[EnvName, EnvValue] = {}
+    max_jobs: MaxJobs | None = None
+    build_requires: list[Annotated[str, StringConstraints(pattern=grammar.EXACT_PIN)]] = []
+    requires: list[ExtensionRequirement] = []
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.sdist is None) == (self.wheel is None):
+            raise ValueError("give exactly one of `sdist` (built against the cell's torch) and `wheel` (prebuilt)")
+        source = self.sdist or self.wheel
+        if self.sdist is not None and source.endswith(".whl"):
+            raise ValueError("`sdist` names a wheel; a prebuilt wheel goes under `wheel`")
+        if self.wheel is not None and not source.endswith(".whl"):
+            raise ValueError("`wheel` names no .whl file; a source archive goes under `sdist`")
+        if self.wheel is not None and (self.env or self.max_jobs or self.build_requires):
+            raise ValueError("`env`, `max_jobs` and `build_requires` are for building an sdist; a prebuilt wheel "
+                             "is installed as it is")
+        return self
+
+
 class Settings(_Strict):
     """What a cell gets beyond its versions; set for all cells under `settings`, per cell under `overrides`."""
 
@@ -91,6 +162,7 @@ class Settings(_Strict):
     network: Network | None = None
     builder: Builder | None = None  # what builds the images; unset: BuildKit where docker buildx answers
     torch_stage_pins: list[TorchStagePin] | None = None  # name==version, installed with torch from the torch index
+    extensions: list[Extension] | None = None  # compiled extensions; an override's list replaces the settings' list
 
 
 class Selector(_Strict):
@@ -197,7 +269,7 @@ def _describe(err: dict, path: Path, lines: dict[tuple, int]) -> str:
 
 def _pattern_hint(loc: tuple) -> str:
     names = [p for p in _clean_loc(loc) if isinstance(p, str)]
-    last = names[-1] if names else ""
+    last = "env" if names[-2:-1] == ["env"] else (names[-1] if names else "")
     hints = {
         "archs": "an arch is sm_NN, e.g. sm_80",
         "cuda": "a CUDA version such as 12.8, or cpu",
@@ -212,6 +284,11 @@ def _pattern_hint(loc: tuple) -> str:
         "os_packages": "a Debian package name such as libgl1, optionally =version",
         "network": "a Docker network mode such as default or host",
         "torch_stage_pins": "an exact pin name==version such as fsspec==2024.12.0",
+        "build_requires": "an exact pin name==version such as ninja==1.13.0",
+        "name": "a distribution name such as flash-attn",
+        "sha256": "64 lower-case hex digits (sha256sum of the file)",
+        "max_jobs": "a whole number of parallel compile jobs, such as 4",
+        "env": "a value of letters, digits, spaces and ._+,:;=/@%- (no quotes, $ or backslashes)",
     }
     return hints.get(last, "a version such as 3.11 or 2.7.1")
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import jinja2
 
 from . import layout
+from .archs import torch_cuda_arch_list
 from .cells import Cell
 from .errors import UsageError
+from .extensions import BUILD_TOOLS, COMPILE_JOB_GIB
 from .lockfile import TORCH_STAGE_PREFIX
 from .project import Project, write_atomic
 from .select import cell_filters
@@ -91,6 +93,9 @@ def _render(env: jinja2.Environment, cell: Cell, image: str, builder: str) -> st
             cache_mounts=builder == "buildkit",
             lock_format={"torch_stage_prefix": TORCH_STAGE_PREFIX},
             relock="make lock " + cell_filters(cell)[1],
+            extension_tools=BUILD_TOOLS,
+            compile_job_gib=COMPILE_JOB_GIB,
+            arch_list=torch_cuda_arch_list(cell.archs),
         )
     except jinja2.TemplateSyntaxError as exc:
         raise UsageError(f"{exc.filename or TEMPLATE}:{exc.lineno}: template syntax error: {exc.message}") from None
@@ -106,6 +111,8 @@ def _skeleton(cell: Cell) -> Cell:
             return re.sub(r"[^A-Za-z0-9._+-]", "", value) or "x"
         if isinstance(value, tuple):
             return tuple(plain(v) for v in value)
+        if dataclasses.is_dataclass(value):
+            return dataclasses.replace(value, **{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)})
         return value
 
     return dataclasses.replace(cell, **{f.name: plain(getattr(cell, f.name)) for f in dataclasses.fields(cell)})

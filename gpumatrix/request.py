@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import jinja2
 
@@ -50,6 +51,7 @@ class BuildRequest:
     nocache: bool = False
     builder: str = "buildkit"  # what builds it: buildkit (the buildx CLI) or classic (the docker SDK)
     cache_from: tuple[str, ...] = ()  # images in a registry whose inline BuildKit cache the build may reuse
+    context_files: tuple[tuple[str, Path], ...] = ()  # (name in the build context, local file): extension sources
 
     @property
     def tags(self) -> list[str]:
@@ -89,7 +91,8 @@ def resolved_labels(cell: Cell, image: str, build_args: dict[str, str]) -> dict[
 
 
 def request_for(env: jinja2.Environment, cell: Cell, image: str, lock: bytes | None, overrides: BuildOverrides,
-                target: str | None = None, nocache: bool = False, builder: str = "buildkit") -> BuildRequest:
+                target: str | None = None, nocache: bool = False, builder: str = "buildkit",
+                context_files: tuple[tuple[str, Path], ...] = ()) -> BuildRequest:
     """The request for one cell. The content tag covers the Dockerfile, the lock and the overrides' build arguments.
 
     The Dockerfile is the builder's variant (BuildKit's has cache mounts, which the classic builder cannot read);
@@ -110,4 +113,5 @@ def request_for(env: jinja2.Environment, cell: Cell, image: str, lock: bytes | N
         target=target,
         nocache=nocache,
         builder=builder,
+        context_files=context_files,
     )

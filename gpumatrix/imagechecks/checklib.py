@@ -4,8 +4,12 @@ image must carry, stated from the cell's facts. No testinfra here."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import os
 import re
 import shlex
+import shutil
+import subprocess
 
 from gpumatrix.archs import covering, parse_arch  # noqa: F401 - the one coverage rule, shared with doctor
 
@@ -75,6 +79,66 @@ def tail(result, lines: int = 15) -> str:
     """The last lines of a command's output, for failure messages."""
     text = (result.stdout + result.stderr).strip().splitlines()
     return "\n".join(text[-lines:])
+
+
+# --- GPU kernels in extension modules, read with cuobjdump on the checker's host -------------------------------------
+
+CUOBJDUMP_FILE = re.compile(r"^(ELF|PTX) file\s+\d+:.*\.sm_(\d{2,}[a-z]?)\.(?:cubin|ptx)$")
+NO_DEVICE_CODE = "does not contain device code"
+
+
+def cuobjdump_archs(list_elf_output: str, list_ptx_output: str) -> list[str]:
+    """The archs of `cuobjdump --list-elf` (x.1.sm_80.cubin -> sm_80) and `--list-ptx` (x.1.sm_90.ptx -> compute_90,
+    gpumatrix.archs' name for PTX) output: unique, SASS then PTX, each in arch order."""
+    found = set()
+    for text, kind, prefix in ((list_elf_output, "ELF", "sm_"), (list_ptx_output, "PTX", "compute_")):
+        for line in text.splitlines():
+            m = CUOBJDUMP_FILE.match(line.strip())
+            if m and m.group(1) == kind:
+                found.add(prefix + m.group(2))
+    return sorted(found, key=lambda arch: (arch.startswith("compute_"), parse_arch(arch)[1:]))
+
+
+def cuobjdump_path() -> str | None:
+    """The cuobjdump of the nvidia-cuda-cuobjdump wheel in the checker's Python (nvidia/cu13/bin/cuobjdump), else the
+    one on PATH; None when there is neither."""
+    try:
+        files = importlib.metadata.files("nvidia-cuda-cuobjdump") or ()
+    except importlib.metadata.PackageNotFoundError:
+        files = ()
+    for f in files:
+        if f.name == "cuobjdump" and f.parent.name == "bin":
+            path = str(f.locate())
+            if os.access(path, os.X_OK):
+                return path
+    return shutil.which("cuobjdump")
+
+
+class CuobjdumpError(Exception):
+    """cuobjdump failed for another reason than a file without device code."""
+
+
+def kernel_archs(tool: str, path: str) -> list[str]:
+    """The archs compiled into one binary (cuobjdump_archs); [] when it has no device code (cuobjdump exits 255)."""
+    outputs = []
+    for flag in ("--list-elf", "--list-ptx"):
+        result = subprocess.run([tool, flag, path], capture_output=True, text=True, errors="replace")
+        if result.returncode == 255 and NO_DEVICE_CODE in result.stdout + result.stderr:
+            outputs.append("")
+        elif result.returncode != 0:
+            said = " ".join((result.stderr.strip() or result.stdout.strip() or "no output").split())
+            raise CuobjdumpError(f"{tool} {flag} {path} exited with code {result.returncode}: {said[:500]}")
+        else:
+            outputs.append(result.stdout)
+    return cuobjdump_archs(*outputs)
+
+
+def uncovered_kernels(module: str, targets: list[str], compiled: list[str]) -> list[str]:
+    """One line per target arch no compiled arch covers (gpumatrix.archs.covering); `module` relative to
+    site-packages: expected m.so to have sm_90 kernels, found sm_80 sm_86."""
+    found = " ".join(compiled) or "none"
+    return [f"expected {module} to have {target} kernels, found {found}"
+            for target in targets if covering(target, compiled) is None]
 
 
 # --- what the image's metadata must say, stated here from the cell's facts ------------------------------------------

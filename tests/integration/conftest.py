@@ -7,13 +7,14 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import zlib
 
 import docker
 import pytest
 
 from devtools.registry import Registry
 from devtools.standins import REPOSITORY as STANDIN_REPOSITORY
-from devtools.standins import ensure_standin_base
+from devtools.standins import LoopbackIndex, ensure_standin_base
 from support.ci import need, unavailable
 from support.containers import TrackedContainers
 from support.projects import REPO, WITH_LOCKS, copy_project
@@ -173,3 +174,24 @@ def registries(tmp_path_factory, docker_client):
                 if tag.startswith(f"{registry.addr}/"):
                     _ignore_engine_errors(docker_client.images.remove, tag)
     shutil.rmtree(workdir, ignore_errors=True)  # the pushed images' blobs
+
+
+def _stable_port(root: pathlib.Path) -> int:
+    """The same loopback port for the same index, so the torch stage's build cache survives reruns."""
+    return 20000 + zlib.crc32(str(root.resolve()).encode()) % 20000
+
+
+@pytest.fixture(scope="module")
+def cu130_index(cache_dir):
+    """PyPI's torch 2.14.1 (the CUDA 13.0 build, published without a local label) relabelled 2.14.1+cu130 here
+    (test_imagetest_cuda.py's docstring says what that means for the checks). Per module: its images are removed
+    between modules, the wheels under .cache and the port (so the torch stage's build cache) are kept."""
+    index = LoopbackIndex(cache_dir / "index-cu130", port=_stable_port(cache_dir / "index-cu130"))
+    index.fill(["torch==2.14.1"], local_version={"torch": "cu130"})
+    try:
+        index.start()
+    except OSError:  # the port is taken: any port works, only the build cache is lost
+        index.port = 0
+        index.start()
+    yield index
+    index.stop()

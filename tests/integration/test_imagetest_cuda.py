@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 
-from devtools.standins import LoopbackIndex
 from gpumatrix import engine, imagetest
 from support.cli import cli
 from support.containers import product_containers
@@ -33,25 +31,6 @@ CU130_MATRIX = matrix_text(cuda=("13.0",), torch=("2.14.1",), extra=(
     "  archs: [sm_80, sm_90, sm_120]\n"
     "  layers: []\n"
     "  companions: []\n"))
-
-
-def _stable_port(root: Path) -> int:
-    """The same loopback port for the same index, so the torch stage's build cache survives reruns."""
-    return 20000 + zlib.crc32(str(root.resolve()).encode()) % 20000
-
-
-@pytest.fixture(scope="module")
-def cu130_index(cache_dir):
-    """PyPI's torch 2.14.1 (the CUDA 13.0 build, published without a local label) relabelled 2.14.1+cu130 here."""
-    index = LoopbackIndex(cache_dir / "index-cu130", port=_stable_port(cache_dir / "index-cu130"))
-    index.fill(["torch==2.14.1"], local_version={"torch": "cu130"})
-    try:
-        index.start()
-    except OSError:  # the port is taken: any port works, only the build cache is lost
-        index.port = 0
-        index.start()
-    yield index
-    index.stop()
 
 
 @pytest.fixture(scope="module")
