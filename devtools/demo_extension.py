@@ -43,10 +43,17 @@ def demo_files() -> dict[str, bytes]:
     return files
 
 
-def demo_sdist(dest: Path) -> tuple[Path, str]:
-    """Write gpumatrix_demo_kernel-0.1.0.tar.gz into `dest` (a directory); return its path and sha256 (hex)."""
+BROKEN_KERNEL_LINE = "this line is no CUDA C++;\n"  # nvcc stops at it with a syntax error
+
+
+def demo_sdist(dest: Path, broken: bool = False) -> tuple[Path, str]:
+    """Write gpumatrix_demo_kernel-0.1.0.tar.gz into `dest` (a directory); return its path and sha256 (hex).
+    broken=True: the kernel source ends with a line nvcc refuses, so its compile fails."""
     dest.mkdir(parents=True, exist_ok=True)
-    data = _sdist_bytes(demo_files(), f"{DEMO_IMPORT}-{DEMO_VERSION}")
+    files = demo_files()
+    if broken:
+        files["csrc/add_one.cu"] += BROKEN_KERNEL_LINE.encode()
+    data = _sdist_bytes(files, f"{DEMO_IMPORT}-{DEMO_VERSION}")
     path = dest / DEMO_SDIST_NAME
     path.write_bytes(data)
     return path, hashlib.sha256(data).hexdigest()

@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from . import compat
+from . import compat, grammar
 from .errors import UsageError
 from .matrix import Include, Matrix, Settings
 
@@ -339,7 +339,7 @@ def _extensions(s: Settings, torch: str, cuda: str, python: str, variant: str) -
     for entry in s.extensions or ():
         kind = "sdist" if entry.sdist is not None else "wheel"
         source = entry.sdist or entry.wheel
-        filename = source.rstrip("/").rsplit("/", 1)[-1].replace("%2B", "+").replace("%2b", "+")
+        filename = grammar.file_name_of(source)
         if kind == "wheel":
             compat.check_prebuilt_wheel(entry.name, filename, torch, compat.variant_cuda(variant) or "cpu", python)
         specs.append(ExtensionSpec(entry.name, kind, source, filename, entry.sha256, tuple(sorted(entry.env.items())),

@@ -43,6 +43,11 @@ ENV_VALUE = r"^[A-Za-z0-9 ._+,:;=/@%-]{0,200}$"
 NETWORK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+def file_name_of(source: str) -> str:
+    """The file name of an extension's URL or path: its last component, with GitHub's %2B for `+` undone."""
+    return source.rstrip("/").rsplit("/", 1)[-1].replace("%2B", "+").replace("%2b", "+")
+
+
 def matches(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern, value) is not None
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import docker
+from packaging.utils import parse_sdist_filename, parse_wheel_filename
 from docker.errors import APIError, DockerException, ImageNotFound
 
 from . import engine, layout
@@ -150,6 +151,13 @@ def expected_require_cuda(client, cell: Cell, options: Options) -> tuple[bool, s
     return True, f"cuda>={cell.require_cuda}", "rendered default (the runtime base sets none)"
 
 
+def extension_version(spec) -> str:
+    """The version an extension's file names: its wheel's, or its sdist's (name-version.tar.gz)."""
+    if spec.kind == "wheel":
+        return str(parse_wheel_filename(spec.filename)[1])
+    return str(parse_sdist_filename(spec.filename)[1])
+
+
 def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Options, *, mode: str,
                  inspect: dict | None, require_cuda: tuple[bool, str | None, str], gpu: bool | None,
                  python_exe: str, base_env: dict[str, str] | None = None) -> dict:
@@ -167,7 +175,8 @@ def expectations(cell: Cell, image_name: str, lock: bytes | None, options: Optio
         "companions": dict(cell.companions),
         "cuda": cell.variant_cuda,
         "archs": list(cell.archs),
-        "extensions": [e.name for e in getattr(cell, "extensions", ())],  # their .so files must have kernels for archs
+        "extensions": [e.name for e in cell.extensions],  # their .so files must have kernels for archs
+        "extension_versions": {e.name: extension_version(e) for e in cell.extensions},  # installed beside the lock
         "torch_stage": stage,
         "locked": locked,
         "lock_text": lock_text,

@@ -80,7 +80,7 @@ def _source_kind(source: str) -> str:
             raise ValueError(f"{redact(source)!r} is not an http(s) URL of a file")
     elif not grammar.matches(grammar.PROJECT_PATH, source):
         raise ValueError(f"{source!r} is neither an http(s) URL nor a path inside the project")
-    name = source.rstrip("/").rsplit("/", 1)[-1].replace("%2B", "+").replace("%2b", "+")
+    name = grammar.file_name_of(source)
     if not grammar.matches(grammar.SOURCE_FILE, name):
         raise ValueError(f"{name!r} is not the file name of an sdist (.tar.gz, .zip) or a wheel (.whl)")
     return source
@@ -88,8 +88,8 @@ def _source_kind(source: str) -> str:
 
 def _build_env_name(name: str) -> str:
     if name in ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST"):
-        raise ValueError(f"{name} is set by gpumatrix ({'`max_jobs`' if name == 'MAX_JOBS' else 'from the cell`s archs'})"
-                         ", not in `env`")
+        where = "`max_jobs`" if name == "MAX_JOBS" else "from the cell's archs"
+        raise ValueError(f"{name} is set by gpumatrix ({where}), not in `env`")
     return name
 
 

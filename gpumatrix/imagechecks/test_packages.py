@@ -39,6 +39,9 @@ def test_installed_set_is_torch_stage_plus_lock(expect, torch_stage, installed):
     if expect.get("locked") is not None:
         wanted.update({canonical(k): v for k, v in expect["locked"].items()})
         source += " plus the lock"
+    if expect.get("extension_versions"):
+        wanted.update({canonical(k): v for k, v in expect["extension_versions"].items()})
+        source += " plus the extensions"
     found = {n: v[0] for n, v in installed.items()}
     extra, missing, different = diff_sets(wanted, found)
     parts = [f"extra: {', '.join(extra)}" if extra else "", f"missing: {', '.join(missing)}" if missing else "",

@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from devtools.standins import ensure_standin_devel_base
-from gpumatrix import engine, imagetest
 from support.cli import cli
 from support.containers import product_containers
-from devtools.demo_extension import DEMO_DIST, DEMO_IMPORT, demo_matrix, demo_project
+from devtools.demo_extension import DEMO_DIST, DEMO_IMPORT, demo_matrix, demo_project, demo_sdist
 from support.projects import REPO
-from support.reports import check_results
+from support.reports import check_results, suite_with_arch_added
 
 CELL = "cu13.0-py3.11-torch2.14.1"
 WHEEL = re.compile(r"^gpumatrix_demo_kernel-0\.1\.0-cp311-cp311-linux_x86_64\.whl$")
@@ -113,21 +112,14 @@ def test_the_image_suite_reads_the_extensions_kernels(project, first_build, deve
 def test_an_arch_the_build_left_out_fails_the_kernel_check(project, first_build, docker_client, tmp_path):
     """The image was built for sm_80 and sm_90 (SASS for both, PTX of sm_90). Expecting sm_75 too, which torch's own
     kernels cover and the extension's do not, fails the extension check alone, naming the module and what it has."""
-    expect = json.loads((project / "out" / "tests" / f"{CELL}.expect.json").read_text())
-    expect["archs"] = ["sm_75", *expect["archs"]]
-    edited = tmp_path / "sm75.expect.json"
-    edited.write_text(json.dumps(expect))
-    image = docker_client.images.get(first_build["record"]["image_id"])
-    cell = type("CellName", (), {"name": CELL})()
-    with engine.container(docker_client, image.id, cell, "imagetest") as container:
-        code = imagetest.run_suite(f"docker://{container.id}", edited, tmp_path / "sm75.xml")
+    image_id = first_build["record"]["image_id"]
+    code, cases = suite_with_arch_added(docker_client, project, CELL, image_id, "sm_75", tmp_path)
     assert code == 1
-    cases = {c["name"]: c for c in imagetest.parse_junit(tmp_path / "sm75.xml")}
     failed = {n for n, c in cases.items() if c["outcome"] == "failed"}
     assert failed == {"test_extension_modules_have_kernels_for_the_target_archs"}, failed
     message = cases["test_extension_modules_have_kernels_for_the_target_archs"]["message"]
     assert f"expected {MODULE_SO} to have sm_75 kernels, found sm_80 sm_90 compute_90" in message, message
-    assert not product_containers(docker_client, "imagetest", image=image.id)
+    assert not product_containers(docker_client, "imagetest", image=image_id)
 
 
 @pytest.mark.slow
@@ -163,4 +155,17 @@ def test_a_wrong_sha256_is_refused_before_anything_is_built(project, flags, tmp_
     assert result.returncode == 2, result.stderr
     assert (f"extension other-kernel: {wheel.name} has sha256 {found}, matrix.yaml pins {pinned}; nothing was built"
             in result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_compile_names_the_extension_and_shows_the_compilers_lines(project, flags):
+    """The kernel source with a line nvcc refuses: exit 1, the compiler's error, then the line naming the extension."""
+    _, sha256 = demo_sdist(project / "extensions", broken=True)
+    (project / "matrix.yaml").write_text(demo_matrix(sha256))
+    result = cli(project, "build", "--cuda", "13.0", "--locked", *flags, timeout=1800)
+    shown = result.stdout + result.stderr
+    assert result.returncode == 1, shown[-4000:]
+    assert "add_one.cu" in shown and "error" in shown, shown[-4000:]
+    assert "gpumatrix: extension gpumatrix-demo-kernel failed to compile; the compiler's errors are above" in shown
     assert "Traceback" not in result.stderr

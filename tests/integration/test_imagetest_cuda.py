@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gpumatrix import engine, imagetest
 from support.cli import cli
 from support.containers import product_containers
 from support.projects import copy_project, matrix_text
-from support.reports import check_results
+from support.reports import check_results, suite_with_arch_added
 from support.standins import base_flags, standin_flags
 
 CU130_CELL = "cu13.0-py3.11-torch2.14.1"
@@ -74,16 +73,10 @@ def test_cuda13_cell_with_pypi_torch_relabelled_cu130_by_the_test_passes_without
 @pytest.mark.slow
 def test_cuda13_copy_claiming_sm70_fails_the_arch_check(cu130_project, docker_client, tmp_path):
     """The same code path as `build.py test` (engine.container + run_suite), with sm_70 added to the expectations."""
-    expect = json.loads((cu130_project / "out" / "tests" / f"{CU130_CELL}.expect.json").read_text())
-    expect["archs"] = ["sm_70", *expect["archs"]]
-    edited = tmp_path / "sm70.expect.json"
-    edited.write_text(json.dumps(expect))
-    image = docker_client.images.get(expect["image"])
-    cell = type("CellName", (), {"name": CU130_CELL})()
-    with engine.container(docker_client, image.id, cell, "imagetest") as container:
-        code = imagetest.run_suite(f"docker://{container.id}", edited, tmp_path / "sm70.xml")
+    image = docker_client.images.get(json.loads(
+        (cu130_project / "out" / "tests" / f"{CU130_CELL}.expect.json").read_text())["image"])
+    code, cases = suite_with_arch_added(docker_client, cu130_project, CU130_CELL, image.id, "sm_70", tmp_path)
     assert code == 1
-    cases = {c["name"]: c for c in imagetest.parse_junit(tmp_path / "sm70.xml")}
     failed = {n for n, c in cases.items() if c["outcome"] == "failed"}
     assert failed == {"test_compiled_archs_cover_the_target_archs"}, failed
     message = cases["test_compiled_archs_cover_the_target_archs"]["message"]

@@ -15,7 +15,7 @@ import pydantic_core
 import pytest
 
 from gpumatrix import imagetest
-from gpumatrix.cells import expand
+from gpumatrix.cells import ExtensionSpec, expand
 from gpumatrix.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,11 +105,16 @@ def test_the_expectations_name_the_cells_extensions():
     path = REPO / "matrix.yaml"
     expansion = expand(load_matrix(path), path, REPO / "requirements")
     cell = next(c for c in expansion.cells if c.cuda != "cpu")
-    cell = dataclasses.replace(cell, extensions=(types.SimpleNamespace(name="flash-attn"),
-                                                 types.SimpleNamespace(name="gpumatrix-demo-kernel")))
+    cell = dataclasses.replace(cell, extensions=(
+        ExtensionSpec("flash-attn", "wheel", "https://h.example/w.whl",
+                      "flash_attn-2.8.3+cu12torch2.7cxx11abiTRUE-cp311-cp311-linux_x86_64.whl", "a" * 64),
+        ExtensionSpec("gpumatrix-demo-kernel", "sdist", "extensions/x.tar.gz", "gpumatrix_demo_kernel-0.1.0.tar.gz",
+                      "b" * 64)))
     expect = imagetest.expectations(cell, expansion.matrix.image, None, imagetest.Options(), mode="local",
                                     inspect=None, require_cuda=(True, None, "x"), gpu=False, python_exe="python")
     assert expect["extensions"] == ["flash-attn", "gpumatrix-demo-kernel"]
+    assert expect["extension_versions"] == {"flash-attn": "2.8.3+cu12torch2.7cxx11abitrue",  # PEP 440 normal form
+                                            "gpumatrix-demo-kernel": "0.1.0"}
 
 
 def run_extension_checks(tmp_path: Path, extensions: list[str], archs: list[str]) -> dict[str, dict]:

@@ -132,6 +132,10 @@ def test_the_extension_stage_as_rendered(project, expand_text, matrix_text):
     # the extension's files reach the runtime stage before the lock is installed there
     assert buildkit.index("COPY --from=extension-1") < buildkit.index("COPY app.lock")
     assert instructions(buildkit) == instructions(classic)
+    # nvcc and g++ killed by the OOM killer say "died due to signal 9 (Kill signal)" / "Killed signal terminated"
+    assert "grep -qiE 'killed|signal 9|out of memory' /tmp/extension-build.log" in buildkit
+    assert ("gpumatrix: the compile of extension flash-attn was killed, most likely for memory, with MAX_JOBS=$MAX_JOBS: "
+            "give it a lower max_jobs in matrix.yaml") in buildkit
 
 
 def test_an_unset_max_jobs_comes_from_the_builders_cores_and_memory(project, expand_text, matrix_text):
