@@ -226,8 +226,8 @@ def check_prebuilt_wheel(name: str, filename: str, torch: str, cuda: str, python
     if not any(t.interpreter in (cp, "py3") and (t.abi in (cp, "abi3", "none")) for t in tags):
         found = ", ".join(sorted({t.interpreter for t in tags}))
         raise Incompatible(f"extension {name}: the wheel {filename} is for {found}, the cell has Python {python} ({cp})")
-    if not any(t.platform == "linux_x86_64" or (t.platform.startswith("manylinux") and t.platform.endswith("_x86_64"))
-               for t in tags):
+    if not any(t.platform in ("linux_x86_64", "any")
+               or (t.platform.startswith("manylinux") and t.platform.endswith("_x86_64")) for t in tags):
         found = ", ".join(sorted({t.platform for t in tags}))
         raise Incompatible(f"extension {name}: the wheel {filename} is for {found}, not Linux x86_64")
     label = WHEEL_BUILD_LABEL.fullmatch(version.local or "")

@@ -95,3 +95,32 @@ def test_every_ignored_rule_has_a_reason_on_its_line():
 def test_failure_threshold_is_strict():
     config = yaml.safe_load(CONFIG.read_text())
     assert config.get("failure-threshold") in ("style", "info", None)
+
+
+def test_extension_stages_pass_hadolint(project, cli, write_matrix, matrix_text):
+    """A built sdist and a prebuilt wheel, on both app stages."""
+    sha = "a" * 64
+    write_matrix(project, matrix_text(cuda=("13.0",), python=("3.11", "3.12"), torch=("2.14.1",), extra=f"""\
+        settings:
+          layers: [app]
+          extensions:
+            - name: flash-attn
+              sdist: https://files.pythonhosted.org/packages/ab/flash_attn-2.8.3.post2.tar.gz
+              sha256: {sha}
+              env: {{FLASH_ATTENTION_FORCE_BUILD: "TRUE"}}
+              build_requires: [psutil==7.0.0]
+              requires: [einops]
+            - name: demo
+              wheel: https://h.example/demo-1.0-py3-none-any.whl
+              sha256: {sha}
+        overrides:
+          - match: {{python: "3.12"}}
+            app_stage: devel
+        """))
+    rc, _, err = cli("--matrix", str(project / "matrix.yaml"), "render")
+    assert rc == 0, err
+    dockerfiles = sorted((project / "docker").glob("*/Dockerfile"))
+    assert len(dockerfiles) == 2 and all("FROM torch AS extension-2" in d.read_text() for d in dockerfiles)
+    for dockerfile in dockerfiles:
+        result = hadolint(dockerfile)
+        assert result.returncode == 0, f"{dockerfile.parent.name}: {result.stdout}{result.stderr}"
