@@ -20,6 +20,7 @@ LOCK_IN_IMAGE = f"{STATE_DIR}/{LOCK_IN_CONTEXT}"
 APP_LAYER = "/opt/app-layer"  # the devel app stage's files on their way to the runtime stage
 EXTENSIONS_IN_CONTEXT = "extensions"  # the extensions' sdists and wheels in the build context
 EXTENSION_SOURCE = "/tmp/gpumatrix-extension"  # an extension stage's sdist or wheel, as copied in
+EXTENSION_BUILD = "/tmp/gpumatrix-build"  # an sdist unpacked: the same paths on every build, so ccache can hit
 EXTENSION_WHEELS = "/tmp/gpumatrix-wheels"  # the wheel an extension stage built (or was given), before it installs
 EXTENSION_LAYER = "/opt/extension-layer"  # an extension stage's installed files on their way to the app layer
 EXTENSION_RECORDS = f"{STATE_DIR}/extensions"  # <name>.sha256: `sha256sum` of the wheel each extension came from
@@ -70,6 +71,7 @@ def for_template() -> dict:
         "app_layer": APP_LAYER,
         "extensions_in_context": EXTENSIONS_IN_CONTEXT,
         "extension_source": EXTENSION_SOURCE,
+        "extension_build": EXTENSION_BUILD,
         "extension_wheels": EXTENSION_WHEELS,
         "extension_layer": EXTENSION_LAYER,
         "extension_records": EXTENSION_RECORDS,

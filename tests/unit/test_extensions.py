@@ -124,7 +124,7 @@ def test_the_extension_stage_as_rendered(project, expand_text, matrix_text):
     assert "COPY extensions/flash_attn-2.8.3.post2.tar.gz /tmp/gpumatrix-extension/flash_attn-2.8.3.post2.tar.gz\n" in buildkit
     assert f'echo "{SHA}  /tmp/gpumatrix-extension/flash_attn-2.8.3.post2.tar.gz" | sha256sum --check' in buildkit
     assert "MAX_JOBS=4 \\\n    && export MAX_JOBS TORCH_CUDA_ARCH_LIST=\"8.0;9.0+PTX\" FLASH_ATTENTION_FORCE_BUILD=\"TRUE\"" in buildkit
-    assert "pip wheel --cache-dir /root/.cache/pip --no-build-isolation --no-deps" in buildkit
+    assert "pip wheel --cache-dir /root/.cache/pip --no-build-isolation --no-deps --wheel-dir /tmp/gpumatrix-wheels /tmp/gpumatrix-build/*/" in buildkit
     assert "setuptools==84.2.1 wheel==0.48.0 ninja==1.13.2 psutil==7.0.0" in buildkit
     assert "--mount=type=cache,id=gpumatrix-ccache,target=/root/.cache/ccache" in buildkit
     assert 'PYTORCH_NVCC="ccache nvcc"' in buildkit and "ccache" not in classic
