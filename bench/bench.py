@@ -39,7 +39,7 @@ from gpumatrix.errors import UsageError  # noqa: E402
 from gpumatrix.lockfile import pinned  # noqa: E402
 from devtools import engines  # noqa: E402
 from devtools.registry import Registry  # noqa: E402
-from devtools.demo_extension import demo_project  # noqa: E402
+from devtools.demo_extension import demo_flags, demo_project  # noqa: E402
 from devtools.standins import (PYPI_SIMPLE, LoopbackIndex, StandinError, ensure_standin_base,  # noqa: E402
                                ensure_standin_devel_base, index_requirements)
 
@@ -309,8 +309,7 @@ def bench_extension(client, standin: str, index: LoopbackIndex) -> None:
     devel = ensure_standin_devel_base(client, CACHE, standin, log=log)
     project = demo_project(Path(tempfile.mkdtemp(prefix="gpumatrix-bench-ext-")) / "project", ROOT / "templates",
                            registry=REGISTRY)
-    flags = ["--cuda", "13.0", "--base-image", devel, "--runtime-image", standin, "--index-url", index.url,
-             "--network", "host"]
+    flags = demo_flags(devel, standin, index.url)
     try:
         timed(cli(project, "lock", *flags))
         forget_earlier_builds(client)
@@ -344,20 +343,19 @@ def bench_extension_runners(client, standin: str, devel: str, index: LoopbackInd
     workdir = Path(tempfile.mkdtemp(prefix="gpumatrix-bench-ext-runners-"))
     registry = Registry(workdir, workdir / "storage")
     project = demo_project(workdir / "project", ROOT / "templates", registry=registry.addr)
-    flags = ["--cuda", "13.0", "--base-image", devel, "--runtime-image", standin, "--index-url", index.url,
-             "--network", "host"]
+    flags = demo_flags(devel, standin, index.url)
     try:
         timed(cli(project, "lock", *flags))
-        with engines.second_engine(standin, client, "gm-bench-a1", "172.31.252.1/24") as (runner_a, a_client):
-            a_client.images.load(b"".join(client.images.get(devel).save(named=True)))
+        with engines.second_engine(standin, client, "gm-bench-a1", "172.31.252.1/24", more_images=(devel,)) as (
+                runner_a, _):
             env_a = {"DOCKER_HOST": runner_a.host}
             cold = timed(cli(project, "build", "--locked", *flags), env=env_a)
             timed(cli(project, "test", "--no-gpu", *flags[:6]), env=env_a)
             timed(cli(project, "push", *flags[:2]), env=env_a)
         (project / "requirements" / "ext.in").write_text("six\nwcwidth>=0.2\n")
         timed(cli(project, "lock", *flags))
-        with engines.second_engine(standin, client, "gm-bench-b1", "172.31.253.1/24") as (runner_b, b_client):
-            b_client.images.load(b"".join(client.images.get(devel).save(named=True)))
+        with engines.second_engine(standin, client, "gm-bench-b1", "172.31.253.1/24", more_images=(devel,)) as (
+                runner_b, _):
             relocked = timed(cli(project, "build", "--locked", *flags), env={"DOCKER_HOST": runner_b.host})
             ran = [s for s in extension_runs(project) if not s["cached"]]
     finally:

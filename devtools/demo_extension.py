@@ -111,6 +111,13 @@ def demo_matrix(sha256: str, registry: str = "ghcr.io/acme", extra_entry: str = 
         "      requires: [einops]\n" + extra_entry)
 
 
+def demo_flags(devel_base: str, runtime_base: str, index_url: str) -> list[str]:
+    """build.py's flags for the demo cell on the stand-ins: the devel stand-in builds (nvcc, g++), the plain stand-in
+    runs (the runtime image gets no compiler), torch from the loopback index, which the host network reaches."""
+    return ["--cuda", "13.0", "--base-image", devel_base, "--runtime-image", runtime_base, "--index-url", index_url,
+            "--network", "host"]
+
+
 def demo_project(root: Path, templates: Path, registry: str = "ghcr.io/acme") -> Path:
     """`root` as a project of the demo cell: templates/ copied from `templates`, the sdist, matrix.yaml and
     requirements/ext.in (six: a small app layer beside the extension's own einops)."""

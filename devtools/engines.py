@@ -83,9 +83,11 @@ def unmount_under(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def second_engine(standin_base: str, main_client, bridge: str, bridge_cidr: str, tmpfs_size: str | None = None):
-    """A fresh dockerd (own socket, data root, exec root and bridge) holding only the stand-in base: another machine,
-    as far as images and build cache go. Yields (Engine, client)."""
+def second_engine(standin_base: str, main_client, bridge: str, bridge_cidr: str, tmpfs_size: str | None = None,
+                  more_images: tuple[str, ...] = ()):
+    """A fresh dockerd (own socket, data root, exec root and bridge) holding only the stand-in base (and
+    `more_images`, such as the devel stand-in): another machine, as far as images and build cache go.
+    Yields (Engine, client)."""
     if not shutil.which("dockerd"):
         raise EngineError("dockerd not found: apt-get install docker.io")
     root = Path(tempfile.mkdtemp(prefix="gm-engine-", dir="/tmp"))  # short: unix socket paths are limited
@@ -98,7 +100,8 @@ def second_engine(standin_base: str, main_client, bridge: str, bridge_cidr: str,
         if tmpfs_size:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(engine.data)], check=True)
         client = engine.start()
-        client.images.load(b"".join(main_client.images.get(standin_base).save(named=True)))
+        for image in (standin_base, *more_images):
+            client.images.load(b"".join(main_client.images.get(image).save(named=True)))
         yield engine, client
     finally:
         engine.stop()

@@ -73,9 +73,6 @@ def torch_cuda_arch_list(targets: list[str] | tuple[str, ...]) -> str:
     target rides along so GPUs newer than every target still get kernels (JIT-compiled); an arch-specific target
     (sm_90a) carries no PTX, as its code runs on that GPU only."""
     parsed = sorted(parse_arch(t) for t in targets)
-    if not parsed:
-        return ""
-    general = [p for p in parsed if not p[3]]
-    newest = general[-1] if general else None
+    newest = max((p for p in parsed if not p[3]), default=None)
     return ";".join(f"{major}.{minor}{suffix}" + ("+PTX" if p == newest else "")
-                    for p in parsed for _, major, minor, suffix in [p])
+                    for p in parsed for _, major, minor, suffix in (p,))

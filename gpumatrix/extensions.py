@@ -8,6 +8,7 @@ is never used. A path inside the project is read in place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -57,6 +58,13 @@ def local_file(project: Project, spec: ExtensionSpec, say: Callable[[str], None]
 
 
 def sha256_of(path: Path) -> str:
+    """The file's sha256, read once per process for the same size and mtime: cells and flavours share files."""
+    stat = path.stat()
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):

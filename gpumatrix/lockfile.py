@@ -142,15 +142,16 @@ def input_texts(project: Project, cell: Cell) -> dict[Path, str]:
     return ordered
 
 
+EXTENSIONS_IN = "_extensions.in"  # the extensions' requirements, as the resolver reads them
+
+
 def extension_requirements(cell: Cell) -> str:
     """The `requires` of the cell's extensions as one more input of its lock (no file on disk holds it; its name
-    cannot be a layer's, whose names start with a letter or digit)."""
-    lines = [f"{req}  # {spec.name}" for spec in cell.extensions for req in spec.requires]
-    return "".join(f"{line}\n" for line in ["# the `requires` of the cell's extensions in matrix.yaml", *lines]) \
-        if lines else ""
-
-
-EXTENSIONS_IN = "_extensions.in"  # the extensions' requirements, as the resolver reads them
+    cannot be a layer's, whose names start with a letter or digit); empty when they have none."""
+    lines = [f"{req}  # {spec.name}\n" for spec in cell.extensions for req in spec.requires]
+    if not lines:
+        return ""
+    return "".join(["# the `requires` of the cell's extensions in matrix.yaml\n", *lines])
 
 
 def input_files(project: Project, cell: Cell) -> list[Path]:

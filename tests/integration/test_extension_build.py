@@ -23,7 +23,7 @@ import pytest
 from devtools.standins import ensure_standin_devel_base
 from support.cli import cli
 from support.containers import product_containers
-from devtools.demo_extension import DEMO_DIST, DEMO_IMPORT, demo_matrix, demo_project, demo_sdist
+from devtools.demo_extension import DEMO_DIST, DEMO_IMPORT, demo_flags, demo_matrix, demo_project, demo_sdist
 from support.projects import REPO
 from support.reports import check_results, suite_with_arch_added
 
@@ -39,15 +39,13 @@ def devel_base(docker_client, cache_dir, standin_base) -> str:
 
 @pytest.fixture(scope="module")
 def flags(devel_base, standin_base, cu130_index) -> list[str]:
-    """The devel stand-in builds (nvcc, g++), the plain stand-in runs: the runtime image gets no compiler."""
-    return ["--base-image", devel_base, "--runtime-image", standin_base, "--index-url", cu130_index.url,
-            "--network", "host"]
+    return demo_flags(devel_base, standin_base, cu130_index.url)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, flags) -> Path:
     root = demo_project(tmp_path_factory.mktemp("ext") / "project", REPO / "templates")
-    locked = cli(root, "lock", "--cuda", "13.0", *flags, timeout=1200)
+    locked = cli(root, "lock", *flags, timeout=1200)
     assert locked.returncode == 0, locked.stderr[-3000:]
     return root
 
@@ -55,7 +53,7 @@ def project(tmp_path_factory, flags) -> Path:
 @pytest.fixture(scope="module")
 def first_build(project, flags) -> dict:
     started = time.monotonic()
-    result = cli(project, "build", "--cuda", "13.0", "--locked", *flags, timeout=3000)
+    result = cli(project, "build", "--locked", *flags, timeout=3000)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     print(f"cold build with the extension: {seconds:.0f}s")
@@ -125,10 +123,10 @@ def test_an_arch_the_build_left_out_fails_the_kernel_check(project, first_build,
 @pytest.mark.slow
 def test_a_lock_change_rebuilds_no_extension_stage(project, first_build, flags):
     (project / "requirements" / "ext.in").write_text("six\ntyping-extensions\n")
-    locked = cli(project, "lock", "--cuda", "13.0", *flags, timeout=1200)
+    locked = cli(project, "lock", *flags, timeout=1200)
     assert locked.returncode == 0, locked.stderr[-3000:]
     started = time.monotonic()
-    result = cli(project, "build", "--cuda", "13.0", "--locked", *flags, timeout=3000)
+    result = cli(project, "build", "--locked", *flags, timeout=3000)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-4000:]
     (record,) = json.loads((project / "out" / "build-report.json").read_text())["cells"]
@@ -151,7 +149,7 @@ def test_a_wrong_sha256_is_refused_before_anything_is_built(project, flags, tmp_
         "    - name: other-kernel\n"
         f"      wheel: extensions/{wheel.name}\n"
         f"      sha256: {pinned}\n")))
-    result = cli(project, "build", "--cuda", "13.0", "--locked", *flags)
+    result = cli(project, "build", "--locked", *flags)
     assert result.returncode == 2, result.stderr
     assert (f"extension other-kernel: {wheel.name} has sha256 {found}, matrix.yaml pins {pinned}; nothing was built"
             in result.stderr), result.stderr
@@ -163,7 +161,7 @@ def test_a_failed_compile_names_the_extension_and_shows_the_compilers_lines(proj
     """The kernel source with a line nvcc refuses: exit 1, the compiler's error, then the line naming the extension."""
     _, sha256 = demo_sdist(project / "extensions", broken=True)
     (project / "matrix.yaml").write_text(demo_matrix(sha256))
-    result = cli(project, "build", "--cuda", "13.0", "--locked", *flags, timeout=1800)
+    result = cli(project, "build", "--locked", *flags, timeout=1800)
     shown = result.stdout + result.stderr
     assert result.returncode == 1, shown[-4000:]
     assert "add_one.cu" in shown and "error" in shown, shown[-4000:]
