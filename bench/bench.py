@@ -269,7 +269,9 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
     """Two CI runners: two fresh engines (dockerds of the bench's own, nothing on them but the stand-in base) that
     share a loopback registry. Runner A builds the cell cold, tests and pushes it; runner B then builds the unchanged
     cell (its content tag is in the registry), and the cell again after a lock change (the torch stage comes from the
-    cache in A's pushed image). The runners' project is a copy of the bench's, with its requirements and locks."""
+    cache in A's pushed image). A third fresh engine pulls A's image, for the floor under runner B's figure: a runner
+    that tests and pushes the image must hold all of it. The runners' project is a copy of the bench's, with its
+    requirements and locks."""
     workdir = Path(tempfile.mkdtemp(prefix="gpumatrix-bench-runners-"))
     registry = Registry(workdir, workdir / "storage")
     bench_project, project = project, project_copy(registry=registry.addr)
@@ -282,6 +284,7 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
             cold = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_a)
             timed(cli(project, "test", *cell_args(mode), "--no-gpu", *overrides[:4]), env=env_a)
             timed(cli(project, "push", *cell_args(mode)), env=env_a)
+            pushed = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]["tags"][0]
         with engines.second_engine(standin, client, "gm-bench-b0", "172.31.251.1/24") as (runner_b, _):
             env_b = {"DOCKER_HOST": runner_b.host}
             unchanged = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_b)
@@ -290,6 +293,10 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
             timed(cli(project, "lock", *cell_args(mode), *overrides))
             relocked = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_b)
             report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+        with engines.second_engine(standin, client, "gm-bench-c0", "172.31.252.1/24") as (_, runner_c):
+            started = time.perf_counter()
+            runner_c.images.pull(pushed)
+            pulled = time.perf_counter() - started
     finally:
         registry.stop()
         remove_tags_of(client, registry.addr)  # the lock's base stage, built on this engine for the runners' project
@@ -299,6 +306,8 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
         f"{unchanged:.1f} s / {cold:.1f} s", "<= 0.05")
     row("runner B after a lock change (torch stage from the registry's cache) / runner A's cold build",
         relocked / cold, f"{relocked:.1f} s / {cold:.1f} s", "<= 0.3")
+    row("a plain `docker pull` of A's image on a third fresh engine / runner A's cold build (the least a runner "
+        "that tests the image pays to hold it)", pulled / cold, f"{pulled:.1f} s / {cold:.1f} s", "none (a floor)")
     note_slowest_steps("runner B after the lock change", report)
 
 
@@ -722,6 +731,9 @@ def run(client, mode: Mode, args: argparse.Namespace) -> None:
         with index:
             if not mode.committed_lock:
                 lock_uncommitted_cell(client, mode, project, standin, index)
+            if args.only_runners:
+                bench_two_runners(client, mode, project, standin, index)
+                return
             base = fresh_base(client, standin, "base")
             overrides, make_vars = overrides_for(base, index), make_vars_for(base, index)
             bench_list_render()
@@ -772,6 +784,8 @@ def main() -> int:
     parser.add_argument("--skip-locks", action="store_true",
                         help="leave out locking the shipped matrix's Python 3.11 cells (CPU; the real resolvers against "
                              "PyPI, and the CUDA 13.0 torch stage built once)")
+    parser.add_argument("--only-runners", action="store_true",
+                        help="measure only the two CI runners (with --cuda: on the CUDA 13.0 cell)")
     parser.add_argument("--only-extensions", action="store_true",
                         help="measure only the cell with a compiled extension (the CUDA 13.0 cell with the tests' "
                              "demo kernel; implies --cuda)")
