@@ -69,7 +69,7 @@ EARLIER_ROWS = (
 
 # The nvidia/cuda tags of compat.yaml's CUDA rows, as Docker Hub's tag list answers (GET /v2/<path>/tags/list).
 CUDA_TAGS = ["12.4.1-cudnn-devel-ubuntu22.04", "12.4.1-base-ubuntu22.04", "12.8.1-cudnn-devel-ubuntu24.04",
-             "12.8.1-base-ubuntu24.04", "13.0.1-cudnn-devel-ubuntu24.04", "13.0.1-base-ubuntu24.04",
+             "12.8.1-base-ubuntu24.04", "13.0.3-cudnn-devel-ubuntu24.04", "13.0.3-base-ubuntu24.04",
              "12.4.1-devel-ubuntu22.04", "12.8.0-cudnn-devel-ubuntu24.04"]
 
 

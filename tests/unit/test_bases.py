@@ -64,7 +64,7 @@ def test_base_references_are_sorted_unique_and_skip_digest_pinned(tmp_path, expa
         """)
     refs = bases.base_references(expand_text(tmp_path, text).cells)
     assert refs == ["nvidia/cuda:12.8.1-base-ubuntu24.04", "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04",
-                    "nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04"]
+                    "nvidia/cuda:13.0.3-cudnn-devel-ubuntu24.04"]
 
 
 # ---- suggestions ----

@@ -134,11 +134,14 @@ def test_cuda_bases_pin_newest_patch_and_supported_ubuntu():
     assert (b124.patch, b124.ubuntu) == ("12.4.1", "22.04")  # no 12.4.x images on Ubuntu 24.04
     b128 = compat.cuda_base("12.8")
     assert b128.patch == "12.8.1"  # 12.8.0 is marked unsupported by NVIDIA
-    # Floors per patch (CUDA release notes, table 3): 12.8 Update 1 needs 570.124.06 (12.8 GA: 570.26), 13.0 Update 1
-    # needs 580.82.07 (13.0 GA: 580.65.06), 12.4 Update 1 needs 550.54.15.
+    # Floors per patch (CUDA release notes, table 3): 12.8 Update 1 needs 570.124.06 (12.8 GA: 570.26), 13.0 Update 3
+    # needs 580.126.20 (the driver of cuda_13.0.3_580.126.20_linux.run; 13.0 GA: 580.65.06, Update 1: 580.82.07),
+    # 12.4 Update 1 needs 550.54.15.
     assert b128.driver_floor == "570.124.06"
-    assert compat.cuda_base("13.0").patch == "13.0.1"
-    assert compat.cuda_base("13.0").driver_floor == "580.82.07"
+    b130 = compat.cuda_base("13.0")
+    assert (b130.patch, b130.ubuntu) == ("13.0.3", "24.04")  # 13.0.3 is the newest 13.0 patch on Docker Hub
+    assert b130.driver_floor == "580.126.20"
+    assert b130.cudnn == "9.14.0.64"  # NV_CUDNN_VERSION=9.14.0.64-1 in NVIDIA's dist/13.0.3 cudnn Dockerfiles
     assert b124.driver_floor == "550.54.15"
 
 

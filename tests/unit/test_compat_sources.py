@@ -72,7 +72,7 @@ def test_check_online_names_each_planted_drift_and_exits_1(stand_ins, tmp_path, 
     before = path.read_bytes()
     hub = sources.pypi.removeprefix("http://").removesuffix("/simple")
     hub_tags(pypi, [t for t in CUDA_TAGS if t != "12.4.1-base-ubuntu22.04"]
-             + ["13.0.3-cudnn-devel-ubuntu24.04", "13.0.2-base-ubuntu24.04", "12.4.1-cudnn-devel-ubuntu24.04",
+             + ["13.0.4-cudnn-devel-ubuntu24.04", "13.0.2-base-ubuntu24.04", "12.4.1-cudnn-devel-ubuntu24.04",
                 "12.4.1-cudnn-devel-ubuntu20.04"])
     assert main(["compat", "--check", "--online", "--generated", str(path), *source_flags(sources, True)]) == 1
     err = capsys.readouterr().err
@@ -80,7 +80,7 @@ def test_check_online_names_each_planted_drift_and_exits_1(stand_ins, tmp_path, 
     assert problems == PLANTED_DRIFTS + [
         f"CUDA 12.4: 12.4.1-cudnn-devel-ubuntu24.04 exists on {hub} (compat.yaml uses Ubuntu 22.04)",
         f"CUDA 12.4: nvidia/cuda:12.4.1-base-ubuntu22.04 is gone from {hub}",
-        f"CUDA 13.0: newer patch 13.0.3-cudnn-devel-ubuntu24.04 on {hub} (compat.yaml pins 13.0.1; move it by hand "
+        f"CUDA 13.0: newer patch 13.0.4-cudnn-devel-ubuntu24.04 on {hub} (compat.yaml pins 13.0.3; move it by hand "
         "with the driver floor and cuDNN of that patch)",
     ]
     assert ON_PYPI_ONLY in err.splitlines()  # told, not failed: no row can be made before the index has it

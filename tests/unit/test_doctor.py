@@ -6,7 +6,8 @@ from compat.yaml or gpus.yaml:
 - the matrix's CUDA cells: 12.4 x (torch 2.5.1, 2.6.0), 12.8 x (2.7.1, 2.11.0), 13.0 x (2.9.1, 2.14.1), each on Python
   3.10, 3.11 and 3.12 (default 3.11); plus cpu-py3.11-torch2.13.0;
 - driver floors per patch (CUDA release notes, table 3): 12.4.1 >= 550.54.15, 12.8.1 >= 570.124.06 (12.8 GA: 570.26),
-  13.0.1 >= 580.82.07 (13.0 GA: 580.65.06);
+  13.0.3 >= 580.126.20, the driver NVIDIA bundles with that toolkit (13.0 GA: 580.65.06, Update 1: 580.82.07, Update 2:
+  580.95.05);
 - forward-compatibility branches in the bases' NVIDIA_REQUIRE_CUDA: 12.4.1: 470 525 535; 12.8.1: 470 535 550 560 565;
   13.0: 535 550 565 570 575; NVIDIA's forward compatibility works only on datacenter GPUs;
 - archs in the wheels: cu124 (2.5, 2.6): sm_50..sm_90; cu128 2.7.1 and 2.11.0: sm_75..sm_120; cu130: sm_75..sm_120;
@@ -76,16 +77,16 @@ def one_line(err: str) -> str:
 
 
 def test_h100_host_with_a_580_driver_runs_every_cuda_cell_and_takes_the_newest_torch(doctor_json):
-    rc, result, _ = doctor_json(*recording("h100x8-580.82.07.csv"))
+    rc, result, _ = doctor_json(*recording("h100x8-580.126.20.csv"))
     assert rc == 0
-    assert result["host"]["driver"] == "580.82.07"
+    assert result["host"]["driver"] == "580.126.20"
     assert [g["arch"] for g in result["host"]["gpus"]] == ["sm_90"] * 8
     assert all(g["datacenter"] is True for g in result["host"]["gpus"])
-    # 580.82.07 is at or above every floor (550.54.15, 570.124.06, and exactly 580.82.07); sm_90 is in every wheel.
+    # 580.126.20 is at or above every floor (550.54.15, 570.124.06, and exactly 580.126.20); sm_90 is in every wheel.
     assert fitting(result) == EVERY_CUDA_CELL
     images = by_cell(result)
     assert images["cu13.0-py3.11-torch2.14.1"]["starts_why"] == \
-        "driver 580.82.07 >= 580.82.07, the floor of CUDA 13.0.1"
+        "driver 580.126.20 >= 580.126.20, the floor of CUDA 13.0.3"
     assert images["cu12.4-py3.10-torch2.5.1"]["kernels"][0] == \
         {"gpu": "NVIDIA H100 80GB HBM3", "arch": "sm_90", "ok": True, "why": "sm_90 compiled in"}
     # the newest torch (2.14.1, only on 13.0) on the matrix's default Python
@@ -93,18 +94,23 @@ def test_h100_host_with_a_580_driver_runs_every_cuda_cell_and_takes_the_newest_t
     assert result["recommended"]["image"] == "ghcr.io/acme/gpu-images:cu13.0-py3.11-torch2.14.1"
 
 
-def test_h200_host_with_a_580_driver(doctor_json):
+def test_h200_host_with_a_580_driver_below_the_13_0_3_floor_gets_the_12_x_cells(doctor_json):
+    """580.95.05 (CUDA 13.0 Update 2's driver) is below 580.126.20, the floor of 13.0.3, which the 13.0 cells are
+    built on; the 13.0 base's forward-compatibility branches are 535 550 565 570 575, not 580. So the newest torch
+    that starts is 2.11.0 on 12.8 (>= 570.124.06)."""
     rc, result, _ = doctor_json(*recording("h200-580.95.05.csv"))
     assert rc == 0
     assert result["host"]["gpus"] == [{"name": "NVIDIA H200", "arch": "sm_90", "datacenter": True}]
-    assert fitting(result) == EVERY_CUDA_CELL
-    assert by_cell(result)["cu13.0-py3.12-torch2.9.1"]["starts_why"] == \
-        "driver 580.95.05 >= 580.82.07, the floor of CUDA 13.0.1"
-    assert result["recommended"]["cell"] == "cu13.0-py3.11-torch2.14.1"
+    assert fitting(result) == CU124 | CU128
+    image = by_cell(result)["cu13.0-py3.12-torch2.9.1"]
+    assert image["starts"] is False
+    assert image["starts_why"].startswith("driver 580.95.05 < 580.126.20, the floor of CUDA 13.0.3"), \
+        image["starts_why"]
+    assert result["recommended"]["cell"] == "cu12.8-py3.11-torch2.11.0"
 
 
 def test_a100_host_with_535_starts_every_cuda_cell_only_through_forward_compatibility(doctor_json):
-    """535.104.05 is below every floor (550.54.15 for 12.4.1, 570.124.06 for 12.8.1, 580.82.07 for 13.0.1), so no cell
+    """535.104.05 is below every floor (550.54.15 for 12.4.1, 570.124.06 for 12.8.1, 580.126.20 for 13.0.3), so no cell
     starts by its floor. But every base's NVIDIA_REQUIRE_CUDA lists the 535 branch (12.4.1: 470 525 535; 12.8.1:
     470 535 550 560 565; 13.0: 535 550 565 570 575) and the A100 is a datacenter GPU, so all of them start through
     forward compatibility. (The issue expected "only the 12.4 cells"; the bases' own lists say otherwise; on a
@@ -115,7 +121,7 @@ def test_a100_host_with_535_starts_every_cuda_cell_only_through_forward_compatib
     images = by_cell(result)
     for cell, floor, patch in (("cu12.4-py3.11-torch2.6.0", "550.54.15", "12.4.1"),
                                ("cu12.8-py3.11-torch2.7.1", "570.124.06", "12.8.1"),
-                               ("cu13.0-py3.11-torch2.9.1", "580.82.07", "13.0.1")):
+                               ("cu13.0-py3.11-torch2.9.1", "580.126.20", "13.0.3")):
         why = images[cell]["starts_why"]
         assert why.startswith(f"forward compatibility: driver 535.104.05 < {floor}, the floor of CUDA {patch}"), why
         assert "branch 535 is listed in the base's NVIDIA_REQUIRE_CUDA" in why and "datacenter GPU" in why
@@ -137,7 +143,7 @@ def test_a_535_driver_on_a_geforce_starts_nothing(doctor_json):
 
 
 def test_rtx4090_with_a_550_driver_gets_the_12_4_cells(doctor_json):
-    """550.127.05 >= 550.54.15 (12.4.1) but < 570.124.06 and < 580.82.07; branch 550 is listed by the 12.8.1 and 13.0
+    """550.127.05 >= 550.54.15 (12.4.1) but < 570.124.06 and < 580.126.20; branch 550 is listed by the 12.8.1 and 13.0
     bases, but the RTX 4090 is no datacenter GPU. sm_89 runs the sm_86 code of the cu124 wheels."""
     rc, result, _ = doctor_json(*recording("rtx4090-550.127.05.csv"))
     assert rc == 0
@@ -154,7 +160,7 @@ def test_rtx4090_with_a_550_driver_gets_the_12_4_cells(doctor_json):
 
 
 def test_rtx5090_with_a_570_driver_gets_no_12_4_cell_and_takes_12_8(doctor_json):
-    """570.133.07 starts 12.4 (>= 550.54.15) and 12.8 (>= 570.124.06) but not 13.0 (< 580.82.07; branch 570 is listed
+    """570.133.07 starts 12.4 (>= 550.54.15) and 12.8 (>= 570.124.06) but not 13.0 (< 580.126.20; branch 570 is listed
     by the 13.0 base, but an RTX 5090 is no datacenter GPU). sm_120 is in no cu124 wheel (they stop at sm_90)."""
     rc, result, _ = doctor_json(*recording("rtx5090-570.133.07.csv"))
     assert rc == 0
@@ -172,7 +178,7 @@ def test_rtx5090_with_a_570_driver_gets_no_12_4_cell_and_takes_12_8(doctor_json)
 
 def test_a_host_with_two_different_gpus_needs_kernels_for_both(doctor_json):
     """RTX 5090 (sm_120) + RTX 3090 (sm_86), driver 575.57.08: 12.4 starts but has no sm_120 kernels; 13.0 needs
-    580.82.07 (branch 575 is forward-compatible only on datacenter GPUs); 12.8 has both archs."""
+    580.126.20 (branch 575 is forward-compatible only on datacenter GPUs); 12.8 has both archs."""
     rc, result, _ = doctor_json(*recording("rtx5090-rtx3090-575.57.08.csv"))
     assert rc == 0
     assert [g["arch"] for g in result["host"]["gpus"]] == ["sm_120", "sm_86"]
@@ -189,7 +195,7 @@ def test_the_table_names_the_recommended_image(cli, project):
     assert rc == 0, err
     assert "6 of 19 images fit" in out
     assert "recommended: cu12.8-py3.11-torch2.11.0: ghcr.io/acme/gpu-images:cu12.8-py3.11-torch2.11.0" in out
-    assert "starts, CUDA 13.0.1: driver 570.133.07 < 580.82.07, the floor of CUDA 13.0.1" in out
+    assert "starts, CUDA 13.0.3: driver 570.133.07 < 580.126.20, the floor of CUDA 13.0.3" in out
     assert "CPU images run on any host" in out
 
 
@@ -233,7 +239,7 @@ def test_only_gpus_given_checks_kernels_and_not_the_driver(doctor_json):
 
 
 def test_cpu_cells_are_no_gpu_answer(doctor_json):
-    rc, result, _ = doctor_json(*recording("h100x8-580.82.07.csv"), "--cuda", "cpu")
+    rc, result, _ = doctor_json(*recording("h100x8-580.126.20.csv"), "--cuda", "cpu")
     assert rc == 1
     assert [(i["cell"], i["starts"], i["fits"]) for i in result["images"]] == [(CPU, True, False)]
     assert result["why"].startswith("only CPU images were asked about")
@@ -372,7 +378,8 @@ def test_from_a_catalog_the_answer_is_the_digest_reference(doctor_json, tmp_path
     catalog = write_catalog(tmp_path / "catalog", ENTRY_128, ENTRY_130)
     rc, result, _ = doctor_json(*recording("rtx5090-570.133.07.csv"), "--catalog", str(catalog))
     assert rc == 0
-    # 13.0 needs 580.82.07 and the RTX 5090 gets no forward compatibility: the 12.8 image, by digest
+    # the pushed 13.0 image (built on 13.0.1) needs 580.82.07 and the RTX 5090 gets no forward compatibility: the 12.8
+    # image, by digest; a catalog entry's own floor is the one asked, so 580.95.05 starts that 13.0 image
     assert result["recommended"]["image"] == f"{REPO}@{DIGEST_128}"
     rc, result, _ = doctor_json(*recording("h200-580.95.05.csv"), "--catalog", str(catalog / "images.json"))
     assert rc == 0
