@@ -197,9 +197,14 @@ def bench_builds(client, mode: Mode, project: Path, overrides: list[str], make_v
     note(f"lock after the app layer changed (base stage cached): {relock:.1f} s")
     warm = timed(cli(project, "build", *cell_args(mode), *overrides))
     row("rebuild after only the app lock changed / cold build", warm / cold, f"{warm:.1f} s / {cold:.1f} s", "<= 0.15")
-    report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+    report = cell_report(project)
     note_slowest_steps("rebuild after the lock change", report)
     return report["tags"][0]
+
+
+def cell_report(project: Path) -> dict:
+    """The one cell's entry of the build report that the last build in `project` wrote."""
+    return json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
 
 
 def note_slowest_steps(what: str, report: dict, count: int = 4) -> None:
@@ -284,7 +289,7 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
             cold = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_a)
             timed(cli(project, "test", *cell_args(mode), "--no-gpu", *overrides[:4]), env=env_a)
             timed(cli(project, "push", *cell_args(mode)), env=env_a)
-            pushed = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]["tags"][0]
+            pushed = cell_report(project)["tags"][0]
         with engines.second_engine(standin, client, "gm-bench-b0", "172.31.251.1/24") as (runner_b, _):
             env_b = {"DOCKER_HOST": runner_b.host}
             unchanged = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_b)
@@ -292,7 +297,7 @@ def bench_two_runners(client, mode: Mode, project: Path, standin: str, index: Lo
             layer.write_text(layer.read_text() + "wcwidth>=0.2\n")
             timed(cli(project, "lock", *cell_args(mode), *overrides))
             relocked = timed(cli(project, "build", *cell_args(mode), *overrides), env=env_b)
-            report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+            report = cell_report(project)
         with engines.second_engine(standin, client, "gm-bench-c0", "172.31.252.1/24") as (_, runner_c):
             started = time.perf_counter()
             runner_c.images.pull(pushed)
@@ -376,7 +381,7 @@ def bench_extension_runners(client, standin: str, devel: str, index: LoopbackInd
 
 
 def extension_runs(project: Path) -> list[dict]:
-    report = json.loads((project / "out" / "build-report.json").read_text())["cells"][0]
+    report = cell_report(project)
     return [s for s in report["steps"] if s["stage"].startswith("extension") and s["instruction"].startswith("RUN")]
 
 
